@@ -1,0 +1,167 @@
+"""The shape of the system: every boundary renewer talks through, in one file.
+
+Adapters implement these Protocols (``gateway/apisix.py``, ``solvers/*``, ``state/*``);
+flows (``inventory``, ``issuance``) and the runtime depend only on this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from renewer.events import EventSink
+from renewer.model import CertKeyPair, SslObject
+
+__all__ = [
+    "ChallengeKind",
+    "ChallengeSolver",
+    "ChallengeTask",
+    "Clock",
+    "DnsProvider",
+    "EventSink",
+    "Gateway",
+    "Lease",
+    "StateStore",
+    "Versioned",
+]
+
+
+class Clock(Protocol):
+    """Wall-clock time, injected so tests can move it."""
+
+    def now(self) -> datetime:
+        """Aware UTC datetime."""
+        ...
+
+
+class Gateway(Protocol):
+    """An Admin API holding SSL objects (APISIX or API7 Enterprise)."""
+
+    name: str
+
+    def iter_pages(self) -> Iterator[list[SslObject]]:
+        """Every SSL object, one page at a time, so a scan never holds all PEMs at once."""
+        ...
+
+    def get_ssl(self, ssl_id: str) -> SslObject: ...
+
+    def write_pairs(self, current: SslObject, pairs: Sequence[CertKeyPair]) -> SslObject:
+        """Replace ``cert``/``key`` with ``pairs[0]`` and ``certs``/``keys`` with the rest.
+
+        One request; every other field of ``current`` survives. Returns the object as
+        re-read after the write.
+        """
+        ...
+
+    def put_route(self, route_id: str, body: Mapping[str, Any]) -> None: ...
+
+    def delete_route(self, route_id: str) -> None:
+        """Delete a route; an absent route is not an error."""
+        ...
+
+    def list_routes(self) -> list[tuple[str, Mapping[str, Any]]]: ...
+
+    def close(self) -> None: ...
+
+
+class ChallengeKind(StrEnum):
+    HTTP01 = "http-01"
+    DNS01 = "dns-01"
+
+
+@dataclass(frozen=True)
+class ChallengeTask:
+    """One challenge to answer: enough to present it and, after a crash, to clean it up.
+
+    For HTTP-01, ``token``/``key_authorization`` are served at
+    ``/.well-known/acme-challenge/<token>`` for ``domain``. For DNS-01, ``key_authorization``
+    holds the TXT value and ``record`` the ``_acme-challenge`` name (trailing dot).
+    """
+
+    kind: ChallengeKind
+    domain: str
+    token: str
+    key_authorization: str
+    record: str = ""
+    provider: str = ""  # DNS provider name chosen by the challenge rules
+
+
+class ChallengeSolver(Protocol):
+    """Presents every challenge of an order, waits until they are answerable, cleans up."""
+
+    kind: ChallengeKind
+
+    def present(self, tasks: Sequence[ChallengeTask]) -> None:
+        """Publish all tasks, then wait once until each is visible (self-check/propagation)."""
+        ...
+
+    def cleanup(self, tasks: Sequence[ChallengeTask]) -> None:
+        """Remove exactly what ``present`` published; idempotent, absent is fine."""
+        ...
+
+
+class DnsProvider(Protocol):
+    """Writes and removes one TXT value; several values may share a name."""
+
+    def present(self, fqdn: str, value: str) -> None:
+        """Add ``value`` to the TXT RRset at ``fqdn`` (absolute, trailing dot)."""
+        ...
+
+    def cleanup(self, fqdn: str, value: str) -> None:
+        """Remove only ``value`` from ``fqdn``; succeed when it is already gone."""
+        ...
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A stored value and the store revision that last wrote it."""
+
+    value: bytes
+    revision: int
+
+
+class Lease(Protocol):
+    """Exclusive, expiring ownership of a name; ``token`` is the fencing token."""
+
+    name: str
+    token: int
+
+    def keepalive(self) -> None:
+        """Extend the TTL; raises ``LeaseLost`` if it already expired or was taken."""
+        ...
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` unless the lease is still held."""
+        ...
+
+    def release(self) -> None: ...
+
+
+class StateStore(Protocol):
+    """A small transactional key-value store with leases (SQLite or etcd).
+
+    ``expect``: None writes unconditionally, 0 requires the key to be absent, n requires
+    the current revision to be n; a mismatch raises ``ConflictError``. With ``lease`` the
+    write succeeds only while that lease is held (fencing), else ``LeaseLost``.
+    """
+
+    def get(self, key: str) -> Versioned | None: ...
+
+    def put(
+        self, key: str, value: bytes, *, expect: int | None = None, lease: Lease | None = None
+    ) -> int: ...
+
+    def delete(
+        self, key: str, *, expect: int | None = None, lease: Lease | None = None
+    ) -> None: ...
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, Versioned]]: ...
+
+    def acquire(self, name: str, ttl: float, owner: str) -> Lease | None:
+        """Take the lease if free or expired; None while someone else holds it."""
+        ...
+
+    def close(self) -> None: ...
