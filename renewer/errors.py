@@ -181,3 +181,9 @@ class LeaseLost(StateError):
     """The lease guarding this work expired or was taken over; stop at once."""
 
     reason = FailureReason.LEASE_LOST
+
+
+class StateUnavailable(StateError):
+    """The state backend cannot be reached right now (etcd down, database locked)."""
+
+    transient = True
