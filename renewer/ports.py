@@ -6,16 +6,17 @@ flows (``inventory``, ``issuance``) and the runtime depend only on this file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 from renewer.events import EventSink
-from renewer.model import CertKeyPair, SslObject
+from renewer.model import AriWindow, CertKeyPair, SslObject
 
 __all__ = [
+    "CertificateAuthority",
     "ChallengeKind",
     "ChallengeSolver",
     "ChallengeTask",
@@ -165,3 +166,48 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class CertificateAuthority(Protocol):
+    """An ACME account at one directory, addressed by order URL so any step can resume.
+
+    Methods may be called from several threads at once; deadlines are ``time.monotonic()``
+    values.
+    """
+
+    directory_url: str
+
+    def new_order(self, csr_pem: bytes, *, profile: str = "", replaces: str | None = None) -> str:
+        """Create an order for the CSR's names; returns its URL."""
+        ...
+
+    def order_status(self, order_url: str) -> str:
+        """``pending``, ``ready``, ``processing``, ``valid`` or ``invalid``."""
+        ...
+
+    def challenge_tasks(
+        self, order_url: str, choose: Callable[[str], tuple[ChallengeKind, str]]
+    ) -> list[ChallengeTask]:
+        """Tasks of every authorization still pending; ``choose(domain)`` gives the challenge
+        kind and DNS provider name for each identifier."""
+        ...
+
+    def answer(self, tasks: Sequence[ChallengeTask], order_url: str) -> None:
+        """Tell the CA every task is ready to be validated."""
+        ...
+
+    def wait_ready(self, order_url: str, deadline: float) -> None:
+        """Poll until the order is ``ready`` (or ``valid``); raises on ``invalid``."""
+        ...
+
+    def finalize(self, order_url: str, csr_pem: bytes, deadline: float) -> str:
+        """Finalize (unless already valid) and download the preferred full chain PEM."""
+        ...
+
+    def renewal_info(self, cert_pem: str) -> tuple[AriWindow, float | None] | None:
+        """The CA's ARI suggestion and its Retry-After seconds, or None without ARI."""
+        ...
+
+    def cert_id(self, cert_pem: str) -> str:
+        """RFC 9773 certificate identifier (used for ``replaces``)."""
+        ...

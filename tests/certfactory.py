@@ -102,7 +102,8 @@ class TestCA:
     ) -> Leaf:
         """A leaf for ``names`` valid from ``not_before`` (default: now) for ``lifetime``."""
         key = key or new_key(key_kind)
-        start = not_before or datetime.now(UTC) - timedelta(minutes=1)
+        # Backdated like real CAs do, so a test's "now" taken earlier still sees it valid.
+        start = not_before or datetime.now(UTC) - timedelta(days=1)
         cn = common_name or (names[0] if names else "no-san.test")
         builder = (
             x509.CertificateBuilder()

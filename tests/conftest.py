@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.pebble",
     "tests.fixtures.bind",
     "tests.fixtures.etcd",
+    "tests.fixtures.stack",
 ]
