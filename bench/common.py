@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 REPO = Path(__file__).resolve().parent.parent
+GNU_TIME = "/usr/bin/time"  # Debian package ``time``
 
 
 @dataclass(frozen=True)
@@ -55,29 +57,41 @@ def measure(
     cwd: Path | None = None,
     timeout: float = 3600,
 ) -> Measured:
-    """Run ``argv`` to completion; its own rusage, not that of other children."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        list(argv), env=dict(env) if env is not None else None, stdout=stdout, stderr=stderr, cwd=cwd
-    )
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            process.kill()
-            pid, status, usage = os.wait4(process.pid, 0)
-            break
-        time.sleep(0.005)
-    wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
+    """Run ``argv`` to completion; its own rusage, not that of other children.
+
+    Peak RSS comes from GNU time: Linux carries the parent's high-water mark over
+    fork+exec into the child's ``ru_maxrss``, so a large benchmark process would
+    inflate it; ``/usr/bin/time`` forks the command from a small process instead.
+    """
+    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-") as rss_file:
+        wrapped = [GNU_TIME, "-f", "%M", "-o", rss_file.name, *argv]
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            wrapped,
+            env=dict(env) if env is not None else None,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd,
+        )
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                pid, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        max_rss_kb = int(rss_file.read().split()[-1])
     return Measured(
         returncode=process.returncode,
         wall_s=wall,
         user_s=usage.ru_utime,
         sys_s=usage.ru_stime,
-        max_rss_mb=usage.ru_maxrss / 1024,
+        max_rss_mb=max_rss_kb / 1024,
     )
 
 
@@ -87,7 +101,8 @@ def renewer_argv(*args: str) -> list[str]:
 
 
 def machine() -> dict[str, object]:
-    """nproc, memory, CPU model, OS and Python: what a reader needs to compare numbers."""
+    """nproc, memory, CPU model, OS, Python and the load when the result was taken (other
+    processes compete for the same cores): what a reader needs to compare numbers."""
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -115,6 +130,7 @@ def machine() -> dict[str, object]:
         "os": os_name,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 

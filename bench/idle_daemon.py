@@ -2,7 +2,7 @@
 
 The emulator serves N managed objects (EC and RSA, full chains, 60 to 85 days left, so no
 renewal is due); Pebble is the CA (ARI is polled during the scan). Once the first scan
-has finished (``renewer_scans_total`` shows it), the daemon's RSS and CPU are sampled from
+has finished (the daemon's sd_notify status says so), the daemon's RSS and CPU are sampled from
 ``/proc`` every second for the window. One ``/metrics`` scrape is timed separately.
 
 ``python -m bench.idle_daemon [--objects 10000] [--duration 120] [--smoke]``
@@ -14,6 +14,7 @@ import argparse
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,9 +39,7 @@ KEYS_PER_FAMILY = 3
 def seed_idle(emulator: Emulator, ca: TestCA, n: int) -> None:
     """N managed objects, every one far from due (renew_before defaults to 1/3 of 90 d)."""
     rng = random.Random(0)
-    keys = {
-        family: [new_key(family) for _ in range(KEYS_PER_FAMILY)] for family in ("ec", "rsa")
-    }
+    keys = {family: [new_key(family) for _ in range(KEYS_PER_FAMILY)] for family in ("ec", "rsa")}
     pems = {family: [key_pem(k) for k in pool] for family, pool in keys.items()}
     now = datetime.now(UTC)
     for i in range(n):
@@ -78,13 +77,21 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
 
 
-def scans_done(metrics_url: str) -> int:
-    text = httpx.get(metrics_url, timeout=30).text
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith("renewer_scans_total{") and 'result="success"' in line
-    )
+def wait_first_scan(notify: socket.socket, daemon: subprocess.Popen[bytes]) -> None:
+    """Until the daemon reports its plan over ``$NOTIFY_SOCKET`` (``STATUS=... renewals
+    planned``), sent once the scan's jobs are scheduled: the metrics count a scan earlier,
+    while its plan is still being logged and scheduled."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"renewer run exited with {daemon.returncode}")
+        try:
+            message = notify.recv(4096).decode()
+        except TimeoutError:
+            continue
+        if "renewals planned" in message:
+            return
+    raise TimeoutError("the first scan did not finish within 600 s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,21 +113,26 @@ def main(argv: list[str] | None = None) -> int:
                 serve_snapshot(emulator)
                 port = free_port()
                 config = stack.write_config(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
-                metrics_url = f"http://127.0.0.1:{port}/metrics"
+                notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                notify.bind(str(work / "notify.sock"))
+                notify.settimeout(1.0)
                 daemon = subprocess.Popen(
                     renewer_argv("--config", str(config), "run"),
-                    env=project_env(stack.env),
+                    env=project_env({**stack.env, "NOTIFY_SOCKET": str(work / "notify.sock")}),
                     stdout=subprocess.DEVNULL,
                     stderr=(work / "daemon.log").open("wb"),
                     cwd=REPO,
                 )
                 try:
-                    result = measure_daemon(daemon, metrics_url, duration)
+                    result = measure_daemon(
+                        daemon, notify, f"http://127.0.0.1:{port}/metrics", duration
+                    )
                 finally:
                     daemon.send_signal(signal.SIGTERM)
                     stopped = time.monotonic()
                     result["exit_code"] = daemon.wait(timeout=60)
                     result["shutdown_s"] = round(time.monotonic() - stopped, 2)
+                    notify.close()
         finally:
             factory.close()
     emit("idle_daemon", {"smoke": args.smoke, "objects": n, "window_s": duration, **result})
@@ -128,26 +140,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure_daemon(
-    daemon: subprocess.Popen[bytes], metrics_url: str, duration: float
+    daemon: subprocess.Popen[bytes], notify: socket.socket, metrics_url: str, duration: float
 ) -> dict[str, object]:
     """Wait for the first scan, then sample the window; the scrape is timed last."""
     started = time.monotonic()
-    deadline = started + 600
-    while True:
-        if daemon.poll() is not None:
-            raise RuntimeError(f"renewer run exited with {daemon.returncode}")
-        try:
-            if scans_done(metrics_url) >= 1:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("the first scan did not finish within 600 s")
-        time.sleep(1.0)
+    wait_first_scan(notify, daemon)
     first_scan_s = time.monotonic() - started
     first_scan_cpu = cpu_seconds(daemon.pid)
     progress(f"first scan done after {first_scan_s:.1f}s; sampling {duration:g}s")
-    time.sleep(2.0)  # let the scrape that saw the scan finish and settle
     cpu_start, window_start = cpu_seconds(daemon.pid), time.monotonic()
     samples: list[float] = []
     while time.monotonic() - window_start < duration:
@@ -165,7 +165,7 @@ def measure_daemon(
         "cpu_s_until_first_scan_done": round(first_scan_cpu, 2),
         "idle_cpu_s": round(cpu_used, 3),
         "idle_cpu_percent": round(100 * cpu_used / window, 3),
-        "idle_rss_mb_max": round(max(samples + [rss_now]), 1),
+        "idle_rss_mb_max": round(max([*samples, rss_now]), 1),
         "idle_rss_mb_end": round(rss_now, 1),
         "peak_rss_mb_incl_first_scan": round(rss_peak, 1),
         "scrape_cpu_s": round(cpu_seconds(daemon.pid) - before_scrape, 3),

@@ -35,14 +35,16 @@ from tests.fixtures.net import free_port
 from tests.fixtures.pebble import PebbleFactory, PebbleHandle, make_minica
 from tests.stack import Stack
 
-DEFAULT_CERTBOT = "/tmp/renewer-bench-peers/bin/certbot"
+DEFAULT_CERTBOT = str(REPO / "bench" / ".venv-peers" / "bin" / "certbot")
 HOOK = """#!/bin/sh
 # lego exec protocol: present|cleanup FQDN VALUE; the record goes to pebble-challtestsrv.
 case "$2" in *.) host="$2" ;; *) host="$2." ;; esac
 case "$1" in
-  present) exec curl -fsS -o /dev/null -X POST -d "{{\\"host\\":\\"$host\\",\\"value\\":\\"$3\\"}}" {url}/set-txt ;;
-  cleanup) exec curl -fsS -o /dev/null -X POST -d "{{\\"host\\":\\"$host\\"}}" {url}/clear-txt ;;
+  present) body=$(printf '{{"host":"%s","value":"%s"}}' "$host" "$3"); action=set-txt ;;
+  cleanup) body=$(printf '{{"host":"%s"}}' "$host"); action=clear-txt ;;
+  *) exit 2 ;;
 esac
+exec curl -fsS -o /dev/null -X POST -d "$body" "{url}/$action"
 """
 
 
@@ -195,7 +197,9 @@ def bench_lego(
         raise RuntimeError(f"lego {kind} warm-up failed")
     progress(f"lego {kind}: {n} processes")
     runs = [run(f"l{i:03d}.{label}.lego.test") for i in range(n)]
-    return rate(f"lego {'--dns exec' if kind == 'dns-01' else '--http'} run (1 process/cert)", runs, n)
+    return rate(
+        f"lego {'--dns exec' if kind == 'dns-01' else '--http'} run (1 process/cert)", runs, n
+    )
 
 
 # -- driver -------------------------------------------------------------------------------

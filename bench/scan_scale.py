@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per size (median reported)")
     parser.add_argument("--smoke", action="store_true", help=f"sizes {SMOKE_SIZES}, one run")
     args = parser.parse_args(argv)
-    sizes = SMOKE_SIZES if args.smoke else FULL_SIZES
+    sizes: tuple[int, ...] = SMOKE_SIZES if args.smoke else FULL_SIZES
     if args.sizes:
         sizes = tuple(int(size) for size in args.sizes.split(","))
     runs = 1 if args.smoke else args.runs

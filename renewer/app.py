@@ -18,16 +18,17 @@ from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from renewer import pki
 from renewer.acme.client import AcmeService
 from renewer.budget import BudgetLimits, BudgetPlanner, Candidate, Issued, RateLimit, Slot
 from renewer.clock import SystemClock
 from renewer.config import Http01Mode, Settings, StateBackend, load_config, rule_for
-from renewer.errors import ExitCode
+from renewer.errors import ConflictError, ExitCode
 from renewer.events import AriUpdated, EventBus, EventSink
 from renewer.gateway.apisix import ApisixGateway
-from renewer.inventory import inspect, item_to_json, render_table, rfc3339
+from renewer.inventory import item_to_json, not_renewable, render_table, rfc3339, scan
 from renewer.issuance import IssuanceSettings, Issuer, Outcome, Result
 from renewer.log import LogSink, configure_logging
 from renewer.model import Decision, History, InventoryItem, Reason, SslObject
@@ -40,7 +41,12 @@ from renewer.ports import (
 )
 from renewer.solvers import providers
 from renewer.solvers.dns01 import Dns01Solver
-from renewer.solvers.http01 import GatewayRouteSolver, StandaloneSolver, delete_leftover_routes
+from renewer.solvers.http01 import (
+    GatewayRouteSolver,
+    StandaloneSolver,
+    challenge_route_id,
+    delete_leftover_routes,
+)
 from renewer.solvers.propagation import PropagationSettings
 from renewer.state.crypto import Cipher
 from renewer.state.docs import DocStore
@@ -67,6 +73,7 @@ class PlanRow:
     item: InventoryItem
     decision: Decision
     slot: Slot | None
+    history: History
 
     @property
     def renew_at(self) -> datetime | None:
@@ -133,6 +140,8 @@ class Components:
         acme = self.settings.acme
         service = AcmeService(
             acme.directory_url,
+            # The host names the CA in metrics; the full URL would be a needlessly long label.
+            directory_name=urlsplit(acme.directory_url).netloc,
             ca_file=acme.ca_file or None,
             email=acme.email or None,
             accept_tos=acme.accept_tos,
@@ -143,10 +152,19 @@ class Components:
             clock=self.clock,
         )
         account_id = hashlib.sha256(acme.directory_url.encode()).hexdigest()[:32]
-        stored = self.docs.get("account", account_id)
-        _account, new_doc = service.register_or_load(stored.data if stored else None)
-        if new_doc is not None:
-            self.docs.put("account", account_id, new_doc)
+        for _ in range(3):
+            stored = self.docs.get("account", account_id)
+            _account, new_doc = service.register_or_load(stored.data if stored else None)
+            if new_doc is None:
+                break
+            try:
+                expect = stored.revision if stored else 0
+                self.docs.put("account", account_id, new_doc, expect=expect)
+                break
+            except ConflictError:
+                # A replica registered at the same moment: use its account, so every
+                # replica can resume every order.
+                continue
         return service
 
     @cached_property
@@ -247,16 +265,14 @@ class Components:
 
     def inventory(self) -> Iterator[tuple[SslObject, InventoryItem]]:
         """Every SSL object with its inspection, streamed page by page."""
-        label = self.settings.gateway.managed_label
-        for page in self.gateway.iter_pages():
-            now = self.clock.now()
-            for obj in page:
-                yield obj, inspect(obj, label, now)
+        return scan(self.gateway, self.settings.gateway.managed_label, self.clock.now())
 
-    def decide(self, item: InventoryItem, now: datetime) -> Decision:
+    def decide(
+        self, item: InventoryItem, now: datetime, history: History | None = None
+    ) -> Decision:
         leaf = item.leaf
         draw = stable_draw(item.ssl_id, leaf.serial if leaf else "")
-        history = load_history(self.docs, item.ssl_id)
+        history = history or load_history(self.docs, item.ssl_id)
         decision = decide(item, load_ari(self.docs, item.ssl_id), history, self.policy, now, draw)
         return self._resume_pending(item.ssl_id, decision, history, now)
 
@@ -322,7 +338,12 @@ class Components:
 
     def plan(self, items: Iterable[InventoryItem], now: datetime) -> list[PlanRow]:
         """Decisions for every managed item, due ones spread over the CA's budget."""
-        rows = [(item, self.decide(item, now)) for item in items if item.managed]
+        histories = [
+            (item, load_history(self.docs, item.ssl_id))
+            for item in items
+            if item.managed and not_renewable(item) is None
+        ]
+        rows = [(item, self.decide(item, now, history), history) for item, history in histories]
         candidates = [
             Candidate(
                 item.ssl_id,
@@ -331,11 +352,32 @@ class Components:
                 item.leaf.not_after if item.leaf else now,
                 decision.ari_driven,
             )
-            for item, decision in rows
+            for item, decision, _history in rows
             if decision.renew_at is not None
         ]
         slots = {s.ssl_id: s for s in self.budget.plan(candidates, self.issued_orders(now), now)}
-        return [PlanRow(item, decision, slots.get(item.ssl_id)) for item, decision in rows]
+        return [
+            PlanRow(item, decision, slots.get(item.ssl_id), history)
+            for item, decision, history in rows
+        ]
+
+    def delete_leftover_routes(self) -> None:
+        """Remove challenge routes a dead process left behind before new work starts.
+
+        Routes of open attempts are kept: another replica may be validating them right
+        now, and a resumed attempt removes its own first (tasks are stored before a route
+        is created, so every live route has its attempt).
+        """
+        if self.settings.http01.mode is not Http01Mode.GATEWAY_ROUTE:
+            return
+        in_use = {
+            challenge_route_id(task["token"])
+            for _id, doc in self.docs.scan("attempt")
+            for pair in doc.data["pairs"]
+            for task in pair.get("tasks") or []
+            if task.get("kind") == ChallengeKind.HTTP01.value
+        }
+        delete_leftover_routes(self.gateway, keep=in_use)
 
     def stop_work(self) -> None:
         """Ask in-flight renewals to stop at their next checkpoint (shutdown)."""
@@ -368,6 +410,13 @@ class Components:
 
 
 # -- commands (called by the CLI) ---------------------------------------------------------
+
+
+def check_providers(settings: Settings) -> None:
+    """Build every configured DNS provider once, so option typos fail ``check-config``
+    instead of the first renewal that needs them (building contacts nothing)."""
+    for provider in settings.dns01.providers:
+        providers.build(provider.type, provider.options, name=provider.name)
 
 
 def _components(config_path: str | None, sinks: Sequence[EventSink] = ()) -> Components:
@@ -419,7 +468,7 @@ def renew_command(
     """``renewer renew``: selected objects (or every due one), in parallel, one row each."""
     components = _components(config_path)
     try:
-        _delete_leftovers(components)
+        components.delete_leftover_routes()
         selected = list(ssl_ids)
         if all_due:
             now = components.clock.now()
@@ -455,12 +504,6 @@ def _results_table(results: Sequence[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _delete_leftovers(components: Components) -> None:
-    """Temporary challenge routes of a process that died are removed before new work."""
-    if components.settings.http01.mode is Http01Mode.GATEWAY_ROUTE:
-        delete_leftover_routes(components.gateway)
-
-
 def rollback_command(config_path: str | None, ssl_id: str, out: TextIO) -> int:
     components = _components(config_path)
     try:
@@ -482,7 +525,7 @@ def _plan_json(row: PlanRow) -> dict[str, object]:
         "renew_at": rfc3339(row.renew_at) if row.renew_at else None,
         "policy_time": rfc3339(row.decision.renew_at) if row.decision.renew_at else None,
         "ari_driven": row.decision.ari_driven,
-        "budget_wait": str(row.slot.limited_by) if row.slot and row.slot.delayed else None,
+        "budget_wait": str(row.slot.limited_by) if row.slot and row.slot.limited_by else None,
         "not_after": rfc3339(row.item.leaf.not_after) if row.item.leaf else None,
         "ari": None,
     }
@@ -518,16 +561,29 @@ def plan_command(config_path: str | None, output: str, out: TextIO) -> int:
         json.dump(data, out, indent=2)
         out.write("\n")
         return ExitCode.OK
-    out.write(f"{'ID':<24} {'RENEW AT':<21} {'REASON':<18} {'NOT AFTER':<21} WAITING FOR\n")
+    out.write(f"{'ID':<24} {'RENEW AT':<21} {'REASON':<18} {'NOT AFTER':<21} DETAIL\n")
     for e in data:
-        waiting = e["budget_wait"] or (
-            f"backoff until {e['blocked_until']}" if e["blocked_until"] else ""
-        )
         out.write(
             f"{e['id']!s:<24} {e['renew_at'] or 'never'!s:<21} {e['reason']!s:<18} "
-            f"{e['not_after'] or '-'!s:<21} {waiting}\n"
+            f"{e['not_after'] or '-'!s:<21} {_plan_detail(e)}\n"
         )
     return ExitCode.OK
+
+
+def _plan_detail(entry: dict[str, object]) -> str:
+    """What holds the renewal back or drives it: budget, backoff, the CA's ARI window."""
+    parts = []
+    if entry["budget_wait"]:
+        parts.append(f"waiting for budget {entry['budget_wait']}")
+    if entry["blocked_until"]:
+        parts.append(
+            f"backoff until {entry['blocked_until']} "
+            f"({entry['consecutive_failures']} consecutive failures)"
+        )
+    ari = entry["ari"]
+    if isinstance(ari, dict):
+        parts.append(f"ARI window {ari['start']} .. {ari['end']}")
+    return "; ".join(parts)
 
 
 def run_daemon(config_path: str | None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -97,13 +98,28 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = _build_parser().parse_args(argv)
     command: Callable[[argparse.Namespace, TextIO], int] = _COMMANDS[args.command]
     try:
-        return command(args, out)
+        code = command(args, out)
+        out.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
     except RenewerError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"renewer: error: {line}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.FAILURE)
+    except BrokenPipeError:
+        if out is not sys.stdout:
+            raise
+        _detach_stdout()
+        return int(ExitCode.OK)
+
+
+def _detach_stdout() -> None:
+    """The reader closed the pipe (``renewer scan | head``): it has what it wanted, so stop
+    quietly, and keep Python from reporting the broken pipe again when it flushes at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _cmd_keygen(_args: argparse.Namespace, out: TextIO) -> int:
@@ -112,12 +128,14 @@ def _cmd_keygen(_args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_providers(_args: argparse.Namespace, out: TextIO) -> int:
-    print(markdown_table(), file=out)
+    out.write(markdown_table())
     return ExitCode.OK
 
 
 def _cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
-    _print_json(dump_settings(load_config(args.config)), out)
+    settings = load_config(args.config)
+    app.check_providers(settings)
+    _print_json(dump_settings(settings), out)
     return ExitCode.OK
 
 

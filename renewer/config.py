@@ -522,7 +522,9 @@ def load_config(
         raise ConfigError(f"{file}: cannot read the configuration ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         # str(exc) is "problem (at line L, column C)"; it never quotes the document.
-        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+        # tomllib quotes a stray newline as is; keep the error on one line.
+        detail = str(exc).replace("\n", "\\n")
+        raise ConfigError(f"{file}: invalid TOML: {detail}") from None
 
     builder = _Builder(SecretResolver(environ=environ, without_vault="cannot be used in [vault]"))
     vault = builder.build(VaultSettings, raw.pop("vault", {}), "vault")

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -24,11 +25,11 @@ from renewer.config import Http01Mode, Settings, load_config
 from renewer.errors import ExitCode, LeaseLost, RenewerError
 from renewer.events import BudgetHeadroom, ConfigReloaded, EventBus, Planned, ScanFinished
 from renewer.inventory import item_from_json, item_to_json
+from renewer.issuance import LEASE_HELD
 from renewer.log import LogSink, configure_logging
 from renewer.metrics import Metrics, disable_created_metrics
 from renewer.model import InventoryItem
 from renewer.ports import Lease
-from renewer.solvers.http01 import delete_leftover_routes
 from renewer.state.leases import KeptAlive
 from renewer.web import Heartbeat, Readiness, WebServer
 
@@ -172,7 +173,7 @@ class Daemon:
         components = self._components
         if components.settings.http01.mode is Http01Mode.GATEWAY_ROUTE:
             try:
-                delete_leftover_routes(components.gateway)
+                components.delete_leftover_routes()
             except RenewerError as exc:
                 log.warning("leftover_routes_not_deleted", error=str(exc))
 
@@ -200,7 +201,9 @@ class Daemon:
         for ssl_id, _doc in components.docs.scan("attempt"):
             planned[ssl_id] = now
         self._scheduler.reconcile(planned)
-        sdnotify.status(_status_line(components, items, rows))
+        sdnotify.status(
+            f"{_status_line(components, items, rows)}; {len(self._scheduler.in_flight())} in flight"
+        )
 
     def _lead(self, components: Components) -> bool:
         """Hold (or take) the leader lease; single-node SQLite always leads.
@@ -224,7 +227,7 @@ class Daemon:
         if acquired is None:
             return False
         self._leader = KeptAlive(acquired, ttl)
-        log.info("leadership_acquired", owner=components.owner, token=acquired.token)
+        log.info("leadership_acquired", owner=components.owner)
         return True
 
     def _scan_and_plan(
@@ -244,7 +247,15 @@ class Daemon:
         rows = components.plan(items, now)
         components.events.emit(ScanFinished(name, True, time.monotonic() - started, items))
         for row in rows:
-            components.events.emit(Planned(name, row.item.ssl_id, row.decision))
+            components.events.emit(
+                Planned(
+                    name,
+                    row.item.ssl_id,
+                    replace(row.decision, renew_at=row.renew_at),
+                    row.history.consecutive_failures,
+                    row.history.last_success,
+                )
+            )
         for bucket, remaining in components.budget.headroom(
             components.issued_orders(now), now
         ).items():
@@ -302,6 +313,11 @@ class Daemon:
         log.debug("renew_job_done", ssl_id=ssl_id, outcome=result.outcome.value)
         if result.outcome.value in {"renewed", "failed"}:
             self._scheduler.scan_now()
+        elif result.reason == LEASE_HELD:
+            # Another replica holds the object: look again once its lease could have
+            # expired, so a dead holder's work is taken over without waiting for a scan.
+            ttl = components.settings.state.etcd.lease_ttl
+            self._scheduler.schedule(ssl_id, components.clock.now() + ttl)
 
 
 def _status_line(

@@ -37,11 +37,14 @@ class ScanFinished(Event):
 
 @dataclass(frozen=True)
 class Planned(Event):
-    """The policy's decision for one managed object."""
+    """The plan for one managed object, with what the state store remembers of it (so a
+    restarted process reports failures and successes from before the restart)."""
 
     gateway: str
     ssl_id: str
     decision: Decision
+    consecutive_failures: int = 0
+    last_success: datetime | None = None
 
 
 @dataclass(frozen=True)

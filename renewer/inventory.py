@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from renewer import pki
 from renewer.errors import PemError
@@ -70,7 +70,13 @@ def _sni_names(value: Mapping[Any, Any]) -> tuple[tuple[str, ...], list[str]]:
     else:
         names = []
         problems.append("sni: not a string" if raw_sni is not None else "no SNI (snis missing)")
-    return tuple(pki.normalize_host(n) for n in names), problems
+    normalized = tuple(pki.normalize_host(n) for n in names)
+    problems += [
+        f"snis: {name} is an IP address, which TLS clients never send as SNI"
+        for name in normalized
+        if pki.is_ip(name)
+    ]
+    return normalized, problems
 
 
 def _pairs(value: Mapping[Any, Any]) -> tuple[list[_Pair], list[str]]:
@@ -205,11 +211,36 @@ def inspect(obj: SslObject, managed_label: str, now: datetime) -> InventoryItem:
     )
 
 
-def scan(gateway: Gateway, managed_label: str, now: datetime) -> Iterator[InventoryItem]:
-    """Inspect every SSL object, one page at a time: only facts outlive their page."""
+NOT_RENEWABLE: Final = {
+    ObjectClass.CLIENT: "type client: a certificate the gateway presents to upstreams",
+    ObjectClass.SECRET_REF: "the certificate is a secret reference; renew it where it lives",
+}
+
+
+def not_renewable(item: InventoryItem) -> str | None:
+    """Why renewer must leave a labelled object alone, or None: writing a PEM over a
+    ``$secret://`` reference or a client certificate would break what the gateway uses."""
+    return NOT_RENEWABLE.get(item.classification)
+
+
+def scan(
+    gateway: Gateway, managed_label: str, now: datetime
+) -> Iterator[tuple[SslObject, InventoryItem]]:
+    """Inspect every SSL object, one page at a time: only facts outlive their page.
+
+    An SNI already claimed by an earlier object is reported on the later one: APISIX
+    serves either of them for it, unpredictably.
+    """
+    claimed: dict[str, str] = {}
     for page in gateway.iter_pages():
         for obj in page:
-            yield inspect(obj, managed_label, now)
+            item = inspect(obj, managed_label, now)
+            shared = []
+            for sni in item.snis:
+                owner = claimed.setdefault(sni, item.ssl_id)
+                if owner != item.ssl_id:
+                    shared.append(f"SNI {sni} is also in ssl {owner}: the gateway serves either")
+            yield obj, replace(item, problems=(*item.problems, *shared)) if shared else item
 
 
 # -- rendering for the CLI -------------------------------------------------------------

@@ -10,13 +10,14 @@ and the previous pair is kept for ``renewer rollback``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from renewer import pki
 from renewer.errors import (
@@ -29,7 +30,8 @@ from renewer.errors import (
     VerificationError,
 )
 from renewer.events import EventBus, RenewalFinished, RenewalStarted, ServedCheck
-from renewer.inventory import inspect
+from renewer.inventory import inspect, not_renewable
+from renewer.log import bind_renewal
 from renewer.model import CertKeyPair, Decision, History, InventoryItem, KeyType, SslObject
 from renewer.policy import PolicySettings, backoff_delay, usable_window
 from renewer.ports import (
@@ -52,12 +54,8 @@ from renewer.state.leases import KeptAlive
 WAIT_SLICE_S = 1.0
 
 
-@runtime_checkable
-class OrderFinder(Protocol):
-    """A CA that can list the account's orders (RFC 8555 §7.1.2.1): how an order whose
-    URL was lost in a crash is found again instead of opening a second one."""
-
-    def find_order(self, names: Sequence[str]) -> str | None: ...
+LEASE_HELD = "lease_held"
+"""``Result.reason`` of a skip because another process is renewing the object."""
 
 
 class Interrupted(RenewerError):
@@ -204,14 +202,21 @@ class Issuer:
             self._settings.owner,
         )
         if acquired is None:
-            return Result(ssl_id, Outcome.SKIPPED, "another replica holds the renewal lease")
+            return Result(
+                ssl_id,
+                Outcome.SKIPPED,
+                "another replica holds the renewal lease",
+                reason=LEASE_HELD,
+            )
         lease = KeptAlive(acquired, self._settings.lease_ttl)
         started = time.monotonic()
         attempt_no = 0
         try:
             attempt_no = load_history(self._docs, ssl_id).consecutive_failures + 1
             self._events.emit(RenewalStarted(self._settings.gateway_name, ssl_id, attempt_no))
-            result = self._renew_locked(ssl_id, lease, force=force, dry_run=dry_run)
+            # Every line logged below (ACME, gateway, DNS, retries) carries these identifiers.
+            with bind_renewal(ssl_id, attempt_no, self._settings.gateway_name):
+                result = self._renew_locked(ssl_id, lease, force=force, dry_run=dry_run)
         except Interrupted as exc:
             result = Result(ssl_id, Outcome.SKIPPED, str(exc))
         except RenewerError as exc:
@@ -230,10 +235,17 @@ class Issuer:
                 reason=result.reason,
                 error=result.detail if result.outcome is Outcome.FAILED else None,
                 not_after=result.not_after,
-                consecutive_failures=load_history(self._docs, ssl_id).consecutive_failures,
+                consecutive_failures=self._failures_so_far(ssl_id),
             )
         )
         return result
+
+    def _failures_so_far(self, ssl_id: str) -> int:
+        """For the event only: an unreachable store must not turn a result into a crash."""
+        try:
+            return load_history(self._docs, ssl_id).consecutive_failures
+        except RenewerError:
+            return 0
 
     # -- the state machine ---------------------------------------------------------------
 
@@ -243,6 +255,8 @@ class Issuer:
         item = inspect(obj, self._settings.managed_label, now)
         if not item.managed:
             return Result(ssl_id, Outcome.SKIPPED, "not managed (label missing)")
+        if (refusal := not_renewable(item)) is not None:
+            return Result(ssl_id, Outcome.SKIPPED, f"not renewable: {refusal}")
         stored = self._docs.get("attempt", ssl_id)
         if stored is None:
             skip = None if force else self._not_due(item, now)
@@ -366,7 +380,7 @@ class Issuer:
         pair = pairs[index]
         self._checkpoint(lease)
         found = None
-        if pair.ordered_at is not None and isinstance(self._ca, OrderFinder):
+        if pair.ordered_at is not None:
             found = self._ca.find_order(item.snis)
         if found is None or pair.ordered_at is None:
             pair.ordered_at = self._clock.now().isoformat()
@@ -585,13 +599,30 @@ class Issuer:
         )
 
     def _record_failure(self, ssl_id: str, exc: BaseException, lease: Lease) -> Result:
-        """Clean up, count the failure and compute when the next attempt may run."""
+        """Clean up, count the failure and compute when the next attempt may run.
+
+        Never raises: when the bookkeeping fails too (state store down), the result still
+        reports the attempt's own error, with what could not be recorded.
+        """
         reason = exc.reason if isinstance(exc, RenewerError) else FailureReason.INTERNAL
+        detail = str(exc) or type(exc).__name__
+        try:
+            self._bookkeep_failure(ssl_id, exc, reason, lease)
+        except RenewerError as unrecorded:
+            detail += f" (the failure could not be recorded: {unrecorded})"
+        return Result(ssl_id, Outcome.FAILED, detail, reason=reason.value)
+
+    def _bookkeep_failure(
+        self, ssl_id: str, exc: BaseException, reason: FailureReason, lease: Lease
+    ) -> None:
         stored = self._docs.get("attempt", ssl_id) if not isinstance(exc, LeaseLost) else None
         if stored is not None:
             pairs = [_Pair.from_doc(p) for p in stored.data["pairs"]]
             for pair in pairs:
-                self._cleanup(pair.challenge_tasks())
+                # A cleanup that fails too (a rotated DNS key) must not hide the attempt's
+                # own error nor stop the other objects of the run.
+                with contextlib.suppress(RenewerError):
+                    self._cleanup(pair.challenge_tasks())
             if not stored.data.get("deploying") and not (
                 isinstance(exc, RenewerError) and exc.transient
             ):
@@ -617,7 +648,6 @@ class Issuer:
                 ),
                 lease=lease,
             )
-        return Result(ssl_id, Outcome.FAILED, str(exc) or type(exc).__name__, reason=reason.value)
 
 
 def _by_kind(tasks: Sequence[ChallengeTask]) -> dict[ChallengeKind, list[ChallengeTask]]:

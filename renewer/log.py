@@ -140,7 +140,9 @@ def _clean(key: str | None, value: object) -> object:
     if key is not None and is_sensitive_key(key) and value not in (None, ""):
         return MASK
     if isinstance(value, str):
-        return MASK if _PRIVATE_KEY_MARK in value else scrub(value)
+        if _PRIVATE_KEY_MARK in value:
+            return MASK
+        return scrub(value)
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, Mapping):

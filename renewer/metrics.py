@@ -324,7 +324,11 @@ class Metrics:
                 self._scan_finished(event)
             case Planned(gateway=gateway, ssl_id=ssl_id, decision=decision):
                 with self._lock:
-                    self._state(gateway).plans[ssl_id] = decision
+                    state = self._state(gateway)
+                    state.plans[ssl_id] = decision
+                    state.failures[ssl_id] = event.consecutive_failures
+                    if event.last_success is not None:
+                        state.last_success[ssl_id] = event.last_success.timestamp()
             case RenewalFinished():
                 self._renewal_finished(event)
             case AriUpdated(gateway=gateway, ssl_id=ssl_id, window=window):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import socket
@@ -127,10 +128,18 @@ def _parse_certificates(pem: str | bytes, max_chars: int | None) -> list[x509.Ce
         raise PemError(f"no certificate block (found {found})")
     if len(bodies) == 1:
         return [_load_der_certificate(bodies[0], "certificate")]
-    return [
-        _load_der_certificate(body, f"certificate {index} of {len(bodies)}")
-        for index, body in enumerate(bodies, start=1)
+    count = len(bodies)
+    return [_load_der_certificate(bodies[0], f"certificate 1 of {count}")] + [
+        _load_ca_certificate(body, f"certificate {index} of {count}")
+        for index, body in enumerate(bodies[1:], start=2)
     ]
+
+
+@functools.lru_cache(maxsize=256)
+def _load_ca_certificate(body: str, position: str) -> x509.Certificate:
+    """Intermediates repeat across nearly every chain of a gateway (a few CAs sign them
+    all), so each is decoded once; leaves are unique and never cached."""
+    return _load_der_certificate(body, position)
 
 
 # -- facts -----------------------------------------------------------------------------
@@ -173,7 +182,7 @@ def cert_facts(chain: Sequence[x509.Certificate]) -> CertFacts:
     return CertFacts(
         subject=leaf.subject.rfc4514_string(),
         sans=subject_alt_names(leaf),
-        issuer=leaf.issuer.rfc4514_string(),
+        issuer=_issuer_string(leaf.issuer),
         serial=serial_hex(leaf),
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
@@ -183,6 +192,12 @@ def cert_facts(chain: Sequence[x509.Certificate]) -> CertFacts:
         ).hexdigest(),
         chain_length=len(chain),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _issuer_string(name: x509.Name) -> str:
+    """Few distinct issuers sign a gateway's certificates: format each one once."""
+    return name.rfc4514_string()
 
 
 def serial_hex(cert: x509.Certificate) -> str:
@@ -206,6 +221,10 @@ def common_name(rfc4514: str) -> str:
 def normalize_host(name: str) -> str:
     """As APISIX loads SNIs: lower-case, one trailing dot removed."""
     return name.lower().removesuffix(".")
+
+
+def is_ip(name: str) -> bool:
+    return _ip(name) is not None
 
 
 def _ip(name: str) -> str | None:
@@ -311,7 +330,9 @@ def make_csr_pem(key: PrivateKey, names: Sequence[str]) -> bytes:
     for name in names:
         ip = _ip(name)
         sans.append(x509.IPAddress(ipaddress.ip_address(ip)) if ip else x509.DNSName(name))
-    subject = [x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if len(names[0]) <= 64 else []
+    # An IP address in the CN would reach the CA as a DNS identifier: SAN only.
+    fits = len(names[0]) <= 64 and not _ip(names[0])
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if fits else []
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name(subject))

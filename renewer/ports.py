@@ -181,6 +181,11 @@ class CertificateAuthority(Protocol):
         """Create an order for the CSR's names; returns its URL."""
         ...
 
+    def find_order(self, names: Sequence[str]) -> str | None:
+        """A pending order of this account for exactly ``names`` (RFC 8555 §7.1.2.1), to
+        recover an order whose URL was lost in a crash; None if none or not listable."""
+        ...
+
     def order_status(self, order_url: str) -> str:
         """``pending``, ``ready``, ``processing``, ``valid`` or ``invalid``."""
         ...

@@ -48,6 +48,9 @@ class Scheduler:
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # Jobs running now (scan and renewals): shutdown waits for them to reach zero.
+        self._busy = 0
+        self._idle = threading.Condition(self._lock)
         # APScheduler logs every job run at INFO; renewer's own events say what happened.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self._sched = BackgroundScheduler(
@@ -61,7 +64,7 @@ class Scheduler:
 
     def start(self) -> None:
         self._sched.add_job(
-            self._scan,
+            self._run_scan,
             self._scan_trigger(),
             id=_SCAN_JOB,
             executor="scan",
@@ -85,60 +88,82 @@ class Scheduler:
 
     def scan_now(self) -> None:
         """Run the scan as soon as possible (after a reload or a finished renewal)."""
-        self._sched.modify_job(_SCAN_JOB, next_run_time=datetime.now(UTC))
+        if not self._stopping.is_set():
+            self._sched.modify_job(_SCAN_JOB, next_run_time=datetime.now(UTC))
 
     def reconcile(self, planned: Mapping[str, datetime]) -> None:
         """Make the renewal jobs exactly ``planned``: add, move, and drop the rest."""
+        if self._stopping.is_set():
+            return
         wanted = {_RENEW_PREFIX + ssl_id: when for ssl_id, when in planned.items()}
         for job in self._sched.get_jobs():
             if job.id.startswith(_RENEW_PREFIX) and job.id not in wanted:
                 self._remove(job.id)
-        with self._lock:
-            in_flight = set(self._in_flight)
-        for job_id, when in wanted.items():
-            ssl_id = job_id.removeprefix(_RENEW_PREFIX)
-            if ssl_id in in_flight:
-                continue
-            existing = self._sched.get_job(job_id)
-            if existing is not None and existing.next_run_time == when:
-                continue
-            self._sched.add_job(
-                self._run_renewal,
-                DateTrigger(run_date=when, timezone=UTC),
-                args=[ssl_id],
-                id=job_id,
-                replace_existing=True,
-            )
+        for ssl_id, when in planned.items():
+            self.schedule(ssl_id, when)
 
-    def planned(self) -> dict[str, datetime]:
-        """Pending renewal jobs and their times (for status and tests)."""
-        return {
-            job.id.removeprefix(_RENEW_PREFIX): job.next_run_time
-            for job in self._sched.get_jobs()
-            if job.id.startswith(_RENEW_PREFIX) and job.next_run_time is not None
-        }
+    def schedule(self, ssl_id: str, when: datetime) -> None:
+        """Run ``renew(ssl_id)`` at ``when`` (replacing its pending job), unless it is
+        running right now."""
+        if self._stopping.is_set() or ssl_id in self.in_flight():
+            return
+        job_id = _RENEW_PREFIX + ssl_id
+        existing = self._sched.get_job(job_id)
+        if existing is not None and existing.next_run_time == when:
+            return
+        self._sched.add_job(
+            self._run_renewal,
+            DateTrigger(run_date=when, timezone=UTC),
+            args=[ssl_id],
+            id=job_id,
+            replace_existing=True,
+        )
 
     def in_flight(self) -> set[str]:
         with self._lock:
             return set(self._in_flight)
+
+    def _run_scan(self) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._busy += 1
+        try:
+            self._scan()
+        finally:
+            self._done()
 
     def _run_renewal(self, ssl_id: str) -> None:
         with self._lock:
             if ssl_id in self._in_flight or self._stopping.is_set():
                 return
             self._in_flight.add(ssl_id)
+            self._busy += 1
         try:
             self._renew(ssl_id)
         finally:
-            with self._lock:
+            self._done(ssl_id)
+
+    def _done(self, ssl_id: str | None = None) -> None:
+        with self._lock:
+            if ssl_id is not None:
                 self._in_flight.discard(ssl_id)
+            self._busy -= 1
+            self._idle.notify_all()
 
     def _remove(self, job_id: str) -> None:
         with contextlib.suppress(JobLookupError):
             self._sched.remove_job(job_id)
 
     def shutdown(self, *, wait: bool = True) -> None:
-        """Stop taking work; with ``wait`` let running jobs reach their end or checkpoint."""
+        """Stop taking work; with ``wait`` let running jobs reach their end or checkpoint.
+
+        APScheduler's own waiting shutdown holds its job-store lock while it waits, so a
+        running scan that reconciles would deadlock it; here jobs are awaited outside it.
+        """
         self._stopping.set()
         if self._sched.running:
-            self._sched.shutdown(wait=wait)
+            self._sched.shutdown(wait=False)
+        if wait:
+            with self._idle:
+                self._idle.wait_for(lambda: self._busy == 0)

@@ -13,6 +13,8 @@ import socket
 import time
 from collections.abc import Mapping
 
+SEND_TIMEOUT_S = 1.0
+
 
 def notify(*assignments: str, environ: Mapping[str, str] | None = None) -> bool:
     """Send ``KEY=value`` lines as one datagram; True when it was delivered."""
@@ -23,6 +25,8 @@ def notify(*assignments: str, environ: Mapping[str, str] | None = None) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # A receiver that stopped reading fills its queue; never block the daemon on it.
+            sock.settimeout(SEND_TIMEOUT_S)
             sock.connect(address)
             sock.sendall("\n".join(assignments).encode())
     except OSError:

@@ -94,9 +94,15 @@ def registered_values() -> frozenset[str]:
         return frozenset(_registry)
 
 
+_AUTH_CREDENTIALS: Final = re.compile(r"\b(Basic|Bearer)(\s+)[A-Za-z0-9+/=._~-]{8,}")
+"""HTTP credentials a remote peer may echo in an error body: registered values are masked
+below, but their encoded forms (``Basic base64(user:password)``) are not."""
+
+
 def scrub(text: str) -> str:
-    """``text`` with every registered secret value replaced by the mask."""
+    """``text`` with every registered secret value and HTTP credential replaced by the mask."""
     global _scrub_pattern  # noqa: PLW0603
+    text = _AUTH_CREDENTIALS.sub(rf"\1\2{MASK}", text)
     pattern = _scrub_pattern
     if pattern is None:
         with _registry_lock:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -13,6 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def new_key(kind: str = "ec") -> PrivateKey:
@@ -116,7 +127,33 @@ class TestCA:
         )
         if with_san and names:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+                x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
             )
         cert = builder.sign(self.intermediate_key, hashes.SHA256())
         return Leaf(cert=cert, key=key, chain=(self.intermediate,))
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    """A TLS identity for a loopback listener: the CA to trust, the chain and its key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def loopback_server_files(directory: Path, name: str) -> ServerFiles:
+    """Files for a test server on localhost/127.0.0.1/::1 (Pebble, the API7 admin, etcd)."""
+    ca = TestCA(name)
+    leaf = ca.issue(list(LOOPBACK_NAMES), lifetime=timedelta(days=825))
+    directory.mkdir(parents=True, exist_ok=True)
+    files = ServerFiles(
+        ca_file=directory / f"{name}-ca.pem",
+        cert_file=directory / f"{name}-cert.pem",
+        key_file=directory / f"{name}-key.pem",
+    )
+    files.ca_file.write_text(ca.root_pem)
+    files.cert_file.write_text(leaf.fullchain_pem)
+    files.key_file.write_text(leaf.key_pem)
+    files.key_file.chmod(0o600)
+    return files

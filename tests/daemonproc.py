@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ def daemon_config(
     renewal: str = "",
     directory_url: str | None = None,
     extra: str = "",
+    scan_interval: str = "5s",
 ) -> Path:
     """A config for ``renewer run``: fast scans, no jitter, metrics on ``metrics_port``.
 
@@ -41,7 +43,7 @@ def daemon_config(
     path = stack.write_config(
         f"""
 [renewal]
-scan_interval = "5s"
+scan_interval = "{scan_interval}"
 scan_jitter = "0s"
 jitter = "0s"
 {renewal}
@@ -63,7 +65,7 @@ class DaemonProcess:
         self, stack: Stack, config: Path, metrics_port: int, env: Mapping[str, str] = {}
     ) -> None:
         self._stack = stack
-        self._config = config
+        self.config = config
         self._env = dict(env)
         self.metrics_url = f"http://127.0.0.1:{metrics_port}"
         self._starts = 0
@@ -72,11 +74,11 @@ class DaemonProcess:
 
     def start(self, *, wait_ready: bool = True) -> None:
         self._starts += 1
-        log_file = self._config.parent / f"daemon-{self._starts}.log"
+        log_file = self.config.parent / f"daemon-{self._starts}.log"
         self.log_files.append(log_file)
         with log_file.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "renewer", "--config", str(self._config), "run"],
+                [sys.executable, "-m", "renewer", "--config", str(self.config), "run"],
                 env={**os.environ, **self._stack.env, **self._env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -150,12 +152,25 @@ class DaemonProcess:
             raise AssertionError(f"renewer run exited with {code}:\n{self.log_text()[-4000:]}")
 
 
-def start_daemon(
-    stack: Stack, *, renewal: str = "", directory_url: str | None = None, extra: str = ""
+@contextmanager
+def daemon_process(
+    stack: Stack,
+    *,
+    renewal: str = "",
+    directory_url: str | None = None,
+    extra: str = "",
+    scan_interval: str = "5s",
 ) -> Iterator[DaemonProcess]:
-    """A generator for fixtures: yields a started daemon, kills it at teardown."""
+    """A daemon (not started yet) with its own config and metrics port; killed on exit."""
     port = free_port()
-    config = daemon_config(stack, port, renewal=renewal, directory_url=directory_url, extra=extra)
+    config = daemon_config(
+        stack,
+        port,
+        renewal=renewal,
+        directory_url=directory_url,
+        extra=extra,
+        scan_interval=scan_interval,
+    )
     daemon = DaemonProcess(stack, config, port)
     try:
         yield daemon
@@ -203,7 +218,7 @@ class AcmeTap:
         self.hold_after: Callable[[str, str], bool] | None = None
         self.gate = threading.Event()
         self.reached = threading.Event()
-        front._upstream.request = self._forward  # type: ignore[method-assign]
+        front._upstream.request = self._forward  # type: ignore[method-assign,assignment]
 
     def _forward(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         response = self._request(method, url, **kwargs)

@@ -214,3 +214,29 @@ def test_kill_at_each_step_then_restart_renews_exactly_once(crash: Crash, step_n
 
     crash.daemon.signal(15)
     assert crash.daemon.wait() == 0
+
+
+def test_sigterm_mid_validation_cleans_up_exits_0_and_the_next_start_renews(
+    crash: Crash,
+) -> None:
+    stack = crash.stack
+    stack.seed_managed(SSL_ID, SNIS)
+    gate = Gate(lambda plane, m, p, _b: _ca_fetch(crash, plane, m, p))
+    stack.emulator.add_hook(gate)
+
+    crash.daemon.start()
+    gate.wait_reached()
+    assert stack.emulator.ids("routes")
+    crash.daemon.signal(15)
+    code = crash.daemon.wait(timeout=30)
+    gate.release()
+
+    assert code == 0
+    assert stack.emulator.ids("routes") == []
+    assert stack.emulator.writes == []
+    assert any(e.get("event") == "daemon_stopped" for e in crash.daemon.events())
+
+    crash.daemon.start()
+    wait_until(lambda: bool(crash.renewed_events()), timeout=90, what="renewal after restart")
+    assert [w.ssl_id for w in stack.emulator.writes] == [SSL_ID]
+    assert stack.emulator.ids("routes") == []

@@ -9,11 +9,11 @@ objects of the same run renewed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from renewer import pki
@@ -35,7 +36,7 @@ from tests.emulator.admin import Reply, Request, encode_json
 from tests.emulator.fixture import EmulatorFactory
 from tests.emulator.server import Emulator
 from tests.fixtures.bind import BindServer
-from tests.fixtures.net import free_port
+from tests.fixtures.net import free_port, wait_until
 from tests.fixtures.pebble import DEFAULT_ENV, PebbleFactory
 from tests.stack import Stack
 
@@ -77,14 +78,13 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("renewer: error: ")]
 
 
-def wait_until_due(config: Path, ssl_id: str) -> dict[str, Any]:
-    """The plan row of ``ssl_id`` while it is held back, once its hold has ended."""
+def wait_until_due(config: Path, ssl_id: str) -> None:
+    """Sleep until the hold the history puts on ``ssl_id`` (``renewer plan``) has ended."""
     rows = {row["id"]: row for row in json.loads(plan_text(config))}
     row = rows[ssl_id]
     assert row["blocked_until"] is not None, row
     blocked = datetime.fromisoformat(row["blocked_until"])
     time.sleep(max(0.0, (blocked - datetime.now(UTC)).total_seconds()) + 1.1)
-    return row
 
 
 def plan_text(config: Path) -> str:
@@ -162,14 +162,20 @@ class Deployment:
         return path
 
 
-@pytest.fixture
-def deployment(stack: Stack) -> Iterator[Deployment]:
+@contextlib.contextmanager
+def fronted(stack: Stack, extra: str = FAST) -> Iterator[Deployment]:
     pebble = stack.pebble
     with AriFront(
         pebble.directory_url, pebble.ssl_context(), pebble.minica.cert_file, pebble.minica.key_file
     ) as front:
         deployment = Deployment(stack, front, Path())
-        deployment.write_config()
+        deployment.write_config(extra)
+        yield deployment
+
+
+@pytest.fixture
+def deployment(stack: Stack) -> Iterator[Deployment]:
+    with fronted(stack) as deployment:
         deployment.seed(VICTIM, BYSTANDER)
         yield deployment
 
@@ -189,8 +195,7 @@ class Fault:
     def _hook(self, plane: str, method: str, path: str, body: bytes) -> Reply | None:
         if plane != "admin" or not self.active:
             return None
-        reply = self._act(method, path, body)
-        return reply
+        return self._act(method, path, body)
 
     def clear(self) -> None:
         self.active = False
@@ -311,8 +316,10 @@ def test_ssl_write_fault_keeps_a_working_pair_and_renews_after(
 def test_a_short_conflict_storm_is_retried_within_the_run(deployment: Deployment) -> None:
     stack = deployment.stack
     answers = iter([conflict, conflict])
-    Fault(stack.emulator, on_victim_write(stack.emulator, lambda *a: next(answers, None)
-          and conflict(*a)))
+    Fault(
+        stack.emulator,
+        on_victim_write(stack.emulator, lambda *a: next(answers, None) and conflict(*a)),
+    )
 
     run = cli(deployment.config, "renew", "--all-due")
 
@@ -368,11 +375,15 @@ def test_admin_api_down_at_start_fails_fast_and_changes_nothing(
     if fault == "unreachable":
         port = free_port()
         text = deployment.config.read_text()
-        deployment.config.write_text(text.replace(stack.emulator.admin_url, f"http://127.0.0.1:{port}"))
+        deployment.config.write_text(
+            text.replace(stack.emulator.admin_url, f"http://127.0.0.1:{port}")
+        )
         expected = f"cannot reach the Admin API at http://127.0.0.1:{port}: "
     else:
         stack.emulator.inject(delay_s=1.5)
-        expected = f"cannot reach the Admin API at {stack.emulator.admin_url}: no answer within 1.0s"
+        expected = (
+            f"cannot reach the Admin API at {stack.emulator.admin_url}: no answer within 1.0s"
+        )
 
     for command in ("scan", "renew"):
         args = ("renew", "--all-due") if command == "renew" else ("scan",)
@@ -397,10 +408,11 @@ def test_rate_limited_order_waits_for_retry_after(deployment: Deployment) -> Non
             429,
             "urn:ietf:params:acme:error:rateLimited",
             "too many new orders recently",
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": "8"},
         )
     )
 
+    started = datetime.now(UTC)
     failed = cli(deployment.config, "renew", "--ssl-id", VICTIM, "--ssl-id", BYSTANDER)
 
     assert failed.code == 4, failed
@@ -411,8 +423,11 @@ def test_rate_limited_order_waits_for_retry_after(deployment: Deployment) -> Non
     assert_kept(stack, VICTIM, deployment.before[VICTIM])
     plan = {r["id"]: r for r in json.loads(plan_text(deployment.config))}[VICTIM]
     assert plan["reason"] == "rate_limited"
-    waits = datetime.fromisoformat(plan["blocked_until"]) - datetime.now(UTC)
-    assert timedelta(seconds=3) < waits <= timedelta(seconds=5), plan
+    # Retry-After (8 s), not the 1-2 s backoff; RFC 3339 output drops the fraction.
+    blocked_until = datetime.fromisoformat(plan["blocked_until"])
+    assert (
+        started + timedelta(seconds=7) <= blocked_until <= datetime.now(UTC) + timedelta(seconds=8)
+    )
     table = io.StringIO()
     main(["--config", str(deployment.config), "plan"], out=table)
     assert f"backoff until {plan['blocked_until']}" in table.getvalue()
@@ -444,7 +459,8 @@ def test_invalid_authorization_then_renewed_with_a_new_order(deployment: Deploym
     assert_kept(stack, VICTIM, deployment.before[VICTIM])
     assert_no_routes(stack)
 
-    stack.pebble.add_a(name, ["127.0.0.1"])
+    clear_a = f"{stack.pebble.challtestsrv_url}/clear-a"
+    httpx.post(clear_a, json={"host": name}).raise_for_status()  # back to 127.0.0.1
     wait_until_due(deployment.config, VICTIM)
     recovered = cli(deployment.config, "renew", "--all-due")
     assert recovered.code == 0, recovered
@@ -463,7 +479,9 @@ def test_ca_down_then_back(deployment: Deployment) -> None:
 
     assert failed.code == 4, failed
     line = error_lines(failed.stderr)[0]
-    assert line.startswith(f"renewer: error: reading the ACME directory {deployment.front.directory_url}")
+    assert line.startswith(
+        f"renewer: error: reading the ACME directory {deployment.front.directory_url}"
+    )
     assert "ACME server" in line, line
     for ssl_id in (VICTIM, BYSTANDER):
         assert_kept(stack, ssl_id, deployment.before[ssl_id])
@@ -483,10 +501,6 @@ def test_ca_down_then_back(deployment: Deployment) -> None:
 
 
 def wait_for_directory(stack: Stack) -> None:
-    import httpx
-
-    from tests.fixtures.net import wait_until
-
     tls = stack.pebble.ssl_context()
 
     def up() -> bool:
@@ -499,7 +513,9 @@ def wait_for_directory(stack: Stack) -> None:
 
 
 def test_bad_nonce_storm_is_survived(
-    emulator_factory: EmulatorFactory, pebble_factory: PebbleFactory, tmp_path: Path,
+    emulator_factory: EmulatorFactory,
+    pebble_factory: PebbleFactory,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     emulator = emulator_factory()
@@ -512,7 +528,191 @@ def test_bad_nonce_storm_is_survived(
     run = cli(stack.write_config(FAST), "renew", "--all-due")
 
     assert run.code == 0, run
-    for ssl_id, value in before.items():
+    for ssl_id, seeded in before.items():
         assert run.rows[ssl_id]["result"] == "renewed"
-        assert_renewed(stack, ssl_id, value)
+        assert_renewed(stack, ssl_id, seeded)
     assert_no_routes(stack)
+
+
+def dns_config(bind: BindServer, stale_secret: str, fixed_delay: str = "0s") -> str:
+    providers = "".join(
+        f"""
+[[dns01.providers]]
+name = "{name}"
+type = "rfc2136"
+server = "{bind.server}"
+tsig_key_name = "{bind.key_name}"
+tsig_secret = "{secret}"
+"""
+        for name, secret in (("bind", bind.key_secret), ("stale-key", stale_secret))
+    )
+    return f"""{FAST}
+[dns01]
+propagation_timeout = "2s"
+propagation_interval = "1s"
+fixed_delay = "{fixed_delay}"
+resolvers = ["{bind.server}"]
+nameserver_port = {bind.port}
+{providers}
+[[challenges]]
+suffix = "lame.test"
+type = "dns-01"
+provider = "bind"
+
+[[challenges]]
+suffix = "tsig.example.test"
+type = "dns-01"
+provider = "stale-key"
+"""
+
+
+def test_dns_propagation_timeout_and_provider_error(
+    emulator_factory: EmulatorFactory,
+    pebble_factory: PebbleFactory,
+    bind: BindServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    emulator = emulator_factory()
+    pebble = pebble_factory(http_port=emulator.http_port, dns_server=bind.server)
+    stack = Stack(emulator=emulator, pebble=pebble, workdir=tmp_path)
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    tag = uuid.uuid4().hex[:8]
+    names = {
+        "lame": f"l{tag}.lame.test",  # a second nameserver that never answers
+        "stale": f"s{tag}.tsig.example.test",  # the provider's TSIG key was rotated
+        BYSTANDER: f"b{tag}.example.test",  # HTTP-01, unaffected
+    }
+    before = {i: stack.seed_managed(i, [n]) for i, n in names.items()}
+    stale_secret = base64_secret()
+    with fronted(stack, dns_config(bind, stale_secret)) as deployment:
+        failed = cli(deployment.config, "renew", "--all-due")
+
+        assert failed.code == 4, failed
+        lame, stale = failed.rows["lame"], failed.rows["stale"]
+        assert (lame["result"], lame["reason"]) == ("failed", "dns")
+        assert lame["detail"].startswith(
+            f"DNS propagation timed out after 2s: _acme-challenge.{names['lame']}. not seen by "
+            f"ns2.lame.test (127.0.0.2:{bind.port}) (Timeout)"
+        ), lame
+        assert (stale["result"], stale["reason"]) == ("failed", "dns")
+        # The present failed first; the cleanup that followed names the same cause.
+        assert stale["detail"] == (
+            f"DNS-01 cleanup incomplete: rfc2136: delete TXT _acme-challenge.{names['stale']}.: "
+            f"{bind.server} rejected the TSIG key {bind.key_name}.: The peer didn't like the "
+            "signature we sent"
+        ), stale
+        assert failed.rows[BYSTANDER]["result"] == "renewed"
+        for ssl_id in ("lame", "stale"):
+            assert_kept(stack, ssl_id, before[ssl_id])
+            assert bind.query_txt(f"_acme-challenge.{names[ssl_id]}") == set()
+        assert_no_routes(stack)
+
+        # The operator installs the new key and, while the dead nameserver is being
+        # removed, waits a fixed delay instead of asking every nameserver.
+        deployment.write_config(dns_config(bind, bind.key_secret, fixed_delay="1s"))
+        wait_until_due(deployment.config, "lame")
+        recovered = cli(deployment.config, "renew", "--all-due")
+
+        assert recovered.code == 0, recovered
+        for ssl_id in ("lame", "stale"):
+            assert recovered.rows[ssl_id]["result"] == "renewed"
+            assert_renewed(stack, ssl_id, before[ssl_id])
+            assert orders_for(deployment.front, names[ssl_id]) == 2
+        for ssl_id in ("lame", "stale"):
+            assert bind.query_txt(f"_acme-challenge.{names[ssl_id]}") == set()
+
+
+def base64_secret() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def run_child(stack: Stack, config: Path, *args: str, prefix: tuple[str, ...] = ()) -> Run:
+    """``renewer`` as a separate process; ``prefix`` wraps it (``setpriv``)."""
+    result = subprocess.run(
+        [*prefix, sys.executable, "-m", "renewer", "--config", str(config), *args],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    text = result.stdout
+    rows = {row["id"]: row for row in json.loads(text)} if text.strip() else {}
+    return Run(result.returncode, rows, result.stderr)
+
+
+# File modes stop root too once these capabilities are gone.
+NO_DAC_BYPASS = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
+
+
+def test_state_directory_not_writable(deployment: Deployment) -> None:
+    stack = deployment.stack
+    stack.state_dir.mkdir(mode=0o700)
+    stack.state_dir.chmod(0o500)
+    prefix = NO_DAC_BYPASS if os.geteuid() == 0 else ()
+
+    failed = run_child(
+        stack, deployment.config, "renew", "--all-due", "--output", "json", prefix=prefix
+    )
+
+    assert (failed.code, failed.rows) == (5, {}), failed
+    line = error_lines(failed.stderr)[0]
+    assert str(stack.state_dir) in line, line
+    assert stack.emulator.writes == []
+    assert deployment.front.order_payloads == []
+    assert_no_routes(stack)
+
+    stack.state_dir.chmod(0o700)
+    recovered = run_child(
+        stack, deployment.config, "renew", "--all-due", "--output", "json", prefix=prefix
+    )
+    assert recovered.code == 0, recovered
+    for ssl_id in (VICTIM, BYSTANDER):
+        assert_renewed(stack, ssl_id, deployment.before[ssl_id])
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(path: Path) -> Iterator[Path]:
+    path.mkdir(mode=0o700)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_state_directory_full(deployment: Deployment) -> None:
+    stack = deployment.stack
+    with tiny_tmpfs(stack.state_dir) as state:
+        first = cli(deployment.config, "renew", "--ssl-id", BYSTANDER)
+        assert first.code == 0, first
+        filler = state / "filler"
+        with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+            while True:
+                handle.write(b"\0" * 4096)
+        written_before = len(stack.emulator.writes)
+
+        failed = cli(deployment.config, "renew", "--all-due")
+
+        assert (failed.code, failed.rows) == (5, {}), failed
+        assert error_lines(failed.stderr) == [
+            f"renewer: error: state database {state / 'renewer.db'}: disk I/O error; "
+            "is its filesystem full or failing? free space there, then retry"
+        ]
+        assert_kept(stack, VICTIM, deployment.before[VICTIM])
+        assert len(stack.emulator.writes) == written_before
+        assert_no_routes(stack)
+
+        filler.unlink()
+        recovered = cli(deployment.config, "renew", "--all-due")
+        assert recovered.code == 0, recovered
+        assert_renewed(stack, VICTIM, deployment.before[VICTIM])
+        assert orders_for(deployment.front, deployment.name(VICTIM)) <= 1

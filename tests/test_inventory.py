@@ -373,7 +373,7 @@ class PagedGateway:
 def test_scan_streams_page_by_page(ca: TestCA) -> None:
     values = corpus(25, ca, managed_label=LABEL, now=NOW)
     double = PagedGateway([values[i : i + 10] for i in range(0, 25, 10)])
-    items = scan(cast(Gateway, double), LABEL, NOW)
+    items = (item for _obj, item in scan(cast(Gateway, double), LABEL, NOW))
     assert double.served == 0  # lazy: nothing fetched before the first item is wanted
     first = next(items)
     assert (first.ssl_id, double.served) == (values[0][0], 1)
@@ -384,6 +384,21 @@ def test_scan_streams_page_by_page(ca: TestCA) -> None:
     seen += [item.ssl_id for item in items]
     assert seen == [ssl_id for ssl_id, _ in values]
     assert double.served == 3
+
+
+def test_scan_reports_an_sni_claimed_by_two_objects(ca: TestCA) -> None:
+    first = ca.issue(["a.example.test", "b.example.test"])
+    second = ca.issue(["b.example.test"])
+    values = [
+        (ssl_id, {"cert": leaf.fullchain_pem, "key": leaf.key_pem, "snis": names})
+        for ssl_id, leaf, names in (
+            ("1", first, ["a.example.test", "b.example.test"]),
+            ("2", second, ["b.example.test"]),
+        )
+    ]
+    items = [item for _obj, item in scan(cast(Gateway, PagedGateway([values])), LABEL, NOW)]
+    assert items[0].problems == ()
+    assert items[1].problems == ("SNI b.example.test is also in ssl 1: the gateway serves either",)
 
 
 def test_scan_of_an_empty_gateway() -> None:

@@ -203,6 +203,20 @@ def test_planned_renewal_and_ari_window(metrics: Metrics, registry: CollectorReg
     assert cert(registry, end, "1") == window.end.timestamp()
 
 
+def test_a_restarted_process_reports_history_from_the_plan(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    scan(metrics, MANAGED)
+    succeeded = T0 - timedelta(days=30)
+    decision = Decision(Reason.BACKOFF, T0 + timedelta(hours=4))
+    metrics.emit(Planned(GW, "1", decision, consecutive_failures=3, last_success=succeeded))
+
+    failures = "renewer_certificate_consecutive_renewal_failures"
+    last = "renewer_certificate_last_renewal_success_timestamp_seconds"
+    assert cert(registry, failures, "1") == 3
+    assert cert(registry, last, "1") == succeeded.timestamp()
+
+
 def test_renewal_outcomes(metrics: Metrics, registry: CollectorRegistry, clock: FakeClock) -> None:
     scan(metrics, MANAGED)
     for reason in FailureReason:

@@ -18,7 +18,8 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from renewer.gateway.apisix import PAGE_SIZE
 from renewer.state.crypto import generate_key
 from tests.certfactory import TestCA
 from tests.emulator.admin import Reply, Request
-from tests.emulator.server import Emulator
+from tests.emulator.server import Emulator, Hook
 from tests.fixtures.net import wait_until
 from tests.seed import KIND_COUNT, KeyView, SeedObject, corpus_objects
 from tests.stack import MANAGED_LABEL
@@ -377,9 +378,7 @@ def _read_lines(stream: io.TextIOBase, into: queue.Queue[str | None]) -> None:
     into.put(None)
 
 
-def _list_page_gate(
-    release: threading.Event, held: list[int]
-) -> Callable[[str, str, str, bytes], Reply | None]:
+def _list_page_gate(release: threading.Event, held: list[int]) -> Hook:
     """Holds the second SSL list request until ``release`` is set (at most a minute)."""
     requests = 0
 
@@ -395,44 +394,73 @@ def _list_page_gate(
     return hook
 
 
+@contextmanager
+def scan_process(
+    objects: list[SeedObject], workdir: Path, *hooks: Hook
+) -> Iterator[subprocess.Popen[str]]:
+    """``renewer scan --output json`` as a subprocess (stdout and stderr piped) against an
+    APISIX 3.18 emulator holding ``objects``; both are stopped when the block ends."""
+    emulator = start_emulator(VARIANTS[1], workdir / "emulator")
+    try:
+        for obj in objects:
+            emulator.seed("ssls", obj.id, obj.value)
+        for hook in hooks:
+            emulator.add_hook(hook)
+        config = write_config(workdir / "config.toml", emulator, state_dir=workdir / "state")
+        with subprocess.Popen(
+            [sys.executable, "-m", "renewer", "--config", str(config), "scan", "--output", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as process:
+            try:
+                yield process
+            finally:
+                if process.poll() is None:
+                    process.kill()
+    finally:
+        emulator.stop()
+
+
 def test_json_output_starts_before_the_last_page_is_fetched(
     seeded: list[SeedObject], tmp_path: Path
 ) -> None:
     """The request for page 2 is held until the test has read objects on the subprocess's
     stdout: a scan that read the whole list before printing would print nothing (and the
     test would time out), one that read it in one request would never ask for page 2."""
-    emulator = start_emulator(VARIANTS[1], tmp_path / "emulator")
     release, held = threading.Event(), list[int]()
     lines: queue.Queue[str | None] = queue.Queue()
     printed: list[str] = []
-    process = None
-    try:
-        for obj in seeded:
-            emulator.seed("ssls", obj.id, obj.value)
-        emulator.add_hook(_list_page_gate(release, held))
-        config = write_config(tmp_path / "config.toml", emulator, state_dir=tmp_path / "state")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "renewer", "--config", str(config), "scan", "--output", "json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert process.stdout is not None
-        threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
-        while sum(line.lstrip().startswith("{") for line in printed) < 10:
-            line = lines.get(timeout=60)
-            assert line is not None, "the scan ended before printing ten objects"
+    with scan_process(seeded, tmp_path, _list_page_gate(release, held)) as process:
+        try:
+            assert process.stdout is not None
+            reader = threading.Thread(target=_read_lines, args=(process.stdout, lines))
+            reader.start()
+            while sum(line.lstrip().startswith("{") for line in printed) < 10:
+                line = lines.get(timeout=60)
+                assert line is not None, "the scan ended before printing ten objects"
+                printed.append(line)
+            wait_until(lambda: held == [2], timeout=60, what="the request for page 2")
+        finally:
+            release.set()
+        while (line := lines.get(timeout=60)) is not None:
             printed.append(line)
-        wait_until(lambda: held == [2], timeout=60, what="the request for page 2")
-        release.set()
         assert process.wait(timeout=60) == 0
-        while (line := lines.get(timeout=10)) is not None:
-            printed.append(line)
-    finally:
-        release.set()
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-        emulator.stop()
     reported = json.loads("".join(printed))
     assert [entry["id"] for entry in reported] == [o.id for o in seeded]
+
+
+def test_a_reader_that_stops_early_ends_the_scan_quietly(
+    seeded: list[SeedObject], tmp_path: Path
+) -> None:
+    """``renewer scan --output json | head``: no traceback, no "bug" exit code."""
+    with scan_process(seeded, tmp_path) as process:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        process.stdout.close()
+        _, stderr = process.communicate(timeout=60)
+
+    assert first.startswith("[")
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "BrokenPipe" not in stderr

@@ -149,7 +149,7 @@ def test_full_disk_is_a_clear_state_error(store: SqliteStore) -> None:
     # A page limit makes SQLite report SQLITE_FULL exactly as a full filesystem does.
     assert store._conn is not None
     store._conn.execute("PRAGMA max_page_count = 8")
-    with pytest.raises(StateError, match="disk full"):
+    with pytest.raises(StateError, match="filesystem full"):
         store.put("history/big", os.urandom(64 * 1024))
     assert store.get("history/big") is None
 

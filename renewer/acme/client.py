@@ -40,6 +40,8 @@ from renewer.solvers.http01 import wildcard_error
 POLL_FIRST_S = 0.05
 POLL_MAX_S = 1.0
 POLL_GROWTH = 1.5
+# RFC 8555 §7.1.1: what a client cannot work without.
+DIRECTORY_RESOURCES = ("newNonce", "newAccount", "newOrder")
 # find_order reads at most this many pages of the account's orders list and looks at its
 # newest orders only.
 FIND_ORDER_PAGES = 10
@@ -273,12 +275,25 @@ class AcmeService:
     def _dir(self, net: AcmeNetwork) -> messages.Directory:
         with self._lock:
             if self._directory is None:
-                with (
-                    net.acting("directory"),
-                    net.translating(f"reading the ACME directory {self.directory_url}"),
-                ):
-                    self._directory = ClientV2.get_directory(self.directory_url, net)
+                self._directory = self._read_directory(net)
             return self._directory
+
+    def _read_directory(self, net: AcmeNetwork) -> messages.Directory:
+        """The directory, refused unless it names the resources every ACME server has: a
+        web page or another JSON API at ``acme.directory_url`` fails here, said plainly."""
+        what = f"reading the ACME directory {self.directory_url}"
+        hint = "is acme.directory_url an ACME directory?"
+        try:
+            with net.acting("directory"), net.translating(what):
+                directory = ClientV2.get_directory(self.directory_url, net)
+        except AcmeError as exc:
+            if exc.transient:
+                raise
+            raise AcmeError(f"{exc}; {hint}", problem_type=exc.problem_type) from None
+        missing = [name for name in DIRECTORY_RESOURCES if name not in directory.to_partial_json()]
+        if missing:
+            raise AcmeError(f"{what}: the answer has no {', '.join(missing)}; {hint}")
+        return directory
 
     def _require_account(self, conn: _Connection) -> None:
         if conn.account is None:

@@ -9,6 +9,7 @@ as a ``GatewayError`` whose message says what to check.
 
 from __future__ import annotations
 
+import json as json_module
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -381,8 +382,10 @@ class ApisixGateway:
 
     @staticmethod
     def _body_or_none(response: httpx.Response) -> Any:
+        """The JSON body; bytes that are not UTF-8 (etcd stores whatever was written) become
+        U+FFFD, so one object with such a field spoils only that field, not the whole list."""
         try:
-            return response.json()
+            return json_module.loads(response.content.decode("utf-8", errors="replace"))
         except ValueError:
             return None
 

@@ -12,7 +12,7 @@ import hashlib
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socket import AF_INET6
 from typing import Any, Protocol
@@ -165,13 +165,19 @@ class GatewayRouteSolver:
 
 
 def delete_leftover_routes(
-    gateway: RouteTable, route_label: tuple[str, str] = DEFAULT_ROUTE_LABEL
+    gateway: RouteTable,
+    route_label: tuple[str, str] = DEFAULT_ROUTE_LABEL,
+    *,
+    keep: Collection[str] = (),
 ) -> list[str]:
-    """Delete every challenge route a previous run left behind; returns their ids."""
+    """Delete every challenge route a previous run left behind, except ``keep`` (routes of
+    attempts still open, which their resumption cleans); returns the deleted ids."""
     label_key, label_value = route_label
     deleted = []
     for route_id, body in gateway.list_routes():
         labels = body.get("labels") or {}
+        if route_id in keep:
+            continue
         if isinstance(labels, Mapping) and labels.get(label_key) == label_value:
             gateway.delete_route(route_id)
             deleted.append(route_id)

@@ -265,8 +265,12 @@ def _state_error(path: Path, exc: sqlite3.Error) -> StateError:
     name = getattr(exc, "sqlite_errorname", "")
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return StateUnavailable(f"state database {path} is locked by another process ({exc})")
-    if name == "SQLITE_FULL":
-        return StateError(f"state database {path}: disk full; free space on its filesystem")
+    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR"):
+        # A full filesystem often surfaces as an I/O error on the WAL, not SQLITE_FULL.
+        return StateError(
+            f"state database {path}: {exc}; is its filesystem full or failing? "
+            "free space there, then retry"
+        )
     if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
         return StateError(
             f"cannot write state database {path} ({exc}); its directory and files must be"

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, padding, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import padding, serialization
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
+
+from tests.certfactory import ServerFiles, loopback_server_files
 
 DEFAULT_KEYRING = ("qeddd145sfvddff3", "edd1c9f0985e76a2")
 
@@ -106,82 +104,6 @@ def cert_validity(cert_pem: str) -> tuple[int, int]:
     )
 
 
-@dataclass(frozen=True)
-class ServerIdentity:
-    """Files for an HTTPS listener on 127.0.0.1: a private CA and a leaf it signed."""
-
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
-def make_server_identity(directory: Path) -> ServerIdentity:
+def make_server_identity(directory: Path) -> ServerFiles:
     """A throwaway CA plus a leaf for ``localhost`` and ``127.0.0.1`` (API7's HTTPS admin)."""
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "admin emulator CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    identity = ServerIdentity(
-        ca_file=directory / "admin-ca.pem",
-        cert_file=directory / "admin-cert.pem",
-        key_file=directory / "admin-key.pem",
-    )
-    identity.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    identity.cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    identity.key_file.write_bytes(
-        leaf_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    identity.key_file.chmod(0o600)
-    return identity
+    return loopback_server_files(directory, "admin-emulator")

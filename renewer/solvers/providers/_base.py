@@ -10,7 +10,7 @@ import httpx
 
 from renewer.errors import ConfigError, DnsError
 from renewer.ports import DnsProvider
-from renewer.secrets import Secret
+from renewer.secrets import Secret, scrub
 
 PropagationMode = Literal["check", "delay"]
 
@@ -125,8 +125,9 @@ def http_failure(provider: str, action: str, exc: httpx.HTTPError) -> DnsError:
 
 
 def body_excerpt(response: httpx.Response) -> str:
-    """The start of a response body for error messages, bounded so logs stay readable."""
-    text = response.text.strip()
+    """The start of a response body for error messages, bounded so logs stay readable, and
+    scrubbed: a peer may echo the credentials it was sent."""
+    text = scrub(response.text.strip())
     if len(text) > ERROR_BODY_LIMIT:
         return text[:ERROR_BODY_LIMIT] + "…"
     return text
