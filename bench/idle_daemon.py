@@ -79,7 +79,7 @@ def memory_mb(pid: int) -> tuple[float, float]:
 
 def wait_first_scan(notify: socket.socket, daemon: subprocess.Popen[bytes]) -> None:
     """Until the daemon reports its plan over ``$NOTIFY_SOCKET`` (``STATUS=... renewals
-    planned``), sent once the scan's jobs are scheduled: the metrics count a scan earlier,
+    in flight``), sent once the scan's jobs are scheduled: the metrics count a scan earlier,
     while its plan is still being logged and scheduled."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -89,7 +89,7 @@ def wait_first_scan(notify: socket.socket, daemon: subprocess.Popen[bytes]) -> N
             message = notify.recv(4096).decode()
         except TimeoutError:
             continue
-        if "renewals planned" in message:
+        if "in flight" in message:
             return
     raise TimeoutError("the first scan did not finish within 600 s")
 
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                     stderr=(work / "daemon.log").open("wb"),
                     cwd=REPO,
                 )
+                result: dict[str, object] = {}
                 try:
                     result = measure_daemon(
                         daemon, notify, f"http://127.0.0.1:{port}/metrics", duration

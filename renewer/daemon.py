@@ -307,7 +307,8 @@ class Daemon:
         components.events.emit(ScanFinished(components.settings.gateway.name, True, 0.0, items))
         return plan, items
 
-    def _renew_job(self, ssl_id: str) -> None:
+    def _renew_job(self, ssl_id: str) -> datetime | None:
+        """One renewal; returns when to try the object again, if before the next scan."""
         components = self._components
         result = components.issuer.renew(ssl_id)
         log.debug("renew_job_done", ssl_id=ssl_id, outcome=result.outcome.value)
@@ -316,8 +317,8 @@ class Daemon:
         elif result.reason == LEASE_HELD:
             # Another replica holds the object: look again once its lease could have
             # expired, so a dead holder's work is taken over without waiting for a scan.
-            ttl = components.settings.state.etcd.lease_ttl
-            self._scheduler.schedule(ssl_id, components.clock.now() + ttl)
+            return components.clock.now() + components.settings.state.etcd.lease_ttl
+        return None
 
 
 def _status_line(

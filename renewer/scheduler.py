@@ -36,7 +36,7 @@ class Scheduler:
         self,
         *,
         scan: Callable[[], None],
-        renew: Callable[[str], None],
+        renew: Callable[[str], datetime | None],
         scan_interval: timedelta,
         scan_jitter: timedelta,
         concurrency: int,
@@ -139,10 +139,13 @@ class Scheduler:
                 return
             self._in_flight.add(ssl_id)
             self._busy += 1
+        retry_at = None
         try:
-            self._renew(ssl_id)
+            retry_at = self._renew(ssl_id)
         finally:
             self._done(ssl_id)
+        if retry_at is not None:
+            self.schedule(ssl_id, retry_at)
 
     def _done(self, ssl_id: str | None = None) -> None:
         with self._lock:

@@ -136,14 +136,28 @@ def test_kept_alive_lease_taken_over_refuses_its_holder(etcd_store: EtcdStore) -
 # -- tests ------------------------------------------------------------------------------------
 
 
+def _knows_inventory(replica: Replica, count: int) -> bool:
+    return any(e.get("items_count") == count for e in replica.events("scan_finished"))
+
+
 def test_three_replicas_place_exactly_one_order_per_object(
     stack: Stack, etcd: EtcdServer, cluster_factory: Callable[..., Cluster]
 ) -> None:
     objects = seed(stack, 50)
     # Scans further apart than the lease TTL: leadership must not move between them.
     cluster = cluster_factory(etcd, scan_interval=3 * LEASE_TTL)
+    # Challenges wait until every replica has the plan, so the leader cannot renew all 50
+    # before the followers look: each replica then holds at most 4 orders in flight.
+    gate = hold(stack, "route-put")
 
     replicas = cluster.start(3, concurrency=4)
+    for replica in replicas:
+        wait_until(
+            partial(_knows_inventory, replica, len(objects)),
+            timeout=60,
+            what=f"{replica.name} reading the plan",
+        )
+    gate.release()
     wait_all_written(stack, objects, timeout=240)
 
     _assert_renewed_once(stack, cluster, objects)
