@@ -34,7 +34,11 @@ class _Pair:
 
 
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = moment.astimezone(UTC)
+    if utc.year < 1000:  # strftime leaves such years unpadded; isoformat would not
+        return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is several times cheaper than strftime, and a scan renders millions of these.
+    return utc.isoformat(timespec="seconds").removesuffix("+00:00") + "Z"
 
 
 def _kind(value: object) -> str:
@@ -246,10 +250,6 @@ def scan(
 # -- rendering for the CLI -------------------------------------------------------------
 
 
-def _optional_time(moment: datetime | None) -> str | None:
-    return rfc3339(moment) if moment is not None else None
-
-
 def _facts_to_json(facts: CertFacts) -> dict[str, object]:
     return {
         "subject": facts.subject,
@@ -266,12 +266,15 @@ def _facts_to_json(facts: CertFacts) -> dict[str, object]:
 
 def item_to_json(item: InventoryItem) -> dict[str, object]:
     """The ``scan --json`` shape: top-level facts are those of the pair expiring first."""
+    certs = [_facts_to_json(c) for c in item.certs]
     leaf = item.leaf
+    # The leaf is one of the certs: reuse its rendered times instead of formatting again.
+    shown = certs[item.certs.index(leaf)] if leaf else {}
     return {
         "id": item.ssl_id,
         "snis": list(item.snis),
-        "not_before": _optional_time(leaf.not_before if leaf else None),
-        "not_after": _optional_time(leaf.not_after if leaf else None),
+        "not_before": shown.get("not_before"),
+        "not_after": shown.get("not_after"),
         "serial": leaf.serial if leaf else None,
         "fingerprint_sha256": leaf.fingerprint_sha256 if leaf else None,
         "issuer": leaf.issuer if leaf else None,
@@ -280,7 +283,7 @@ def item_to_json(item: InventoryItem) -> dict[str, object]:
         "classification": item.classification.value,
         "problems": list(item.problems),
         "sni_not_covered": list(item.sni_not_covered),
-        "certs": [_facts_to_json(c) for c in item.certs],
+        "certs": certs,
     }
 
 

@@ -10,7 +10,6 @@ import base64
 import binascii
 import contextlib
 import functools
-import hashlib
 import ipaddress
 import socket
 import ssl
@@ -38,6 +37,7 @@ MAX_PEM_CHARS = 65536  # APISIX certificate_scheme / private_key_schema maxLengt
 _CERT_LABELS = ("CERTIFICATE", "X509 CERTIFICATE")
 _MAX_LABEL = 40
 _CURVE_NAMES = {"secp256r1": "P256", "secp384r1": "P384", "secp521r1": "P521"}
+_IPV4_CHARS = frozenset("0123456789.")
 
 
 # -- PEM -------------------------------------------------------------------------------
@@ -187,9 +187,7 @@ def cert_facts(chain: Sequence[x509.Certificate]) -> CertFacts:
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         key_type=key_type_name(public_key) if public_key is not None else "UNKNOWN",
-        fingerprint_sha256=hashlib.sha256(
-            leaf.public_bytes(serialization.Encoding.DER)
-        ).hexdigest(),
+        fingerprint_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
         chain_length=len(chain),
     )
 
@@ -228,8 +226,11 @@ def is_ip(name: str) -> bool:
 
 
 def _ip(name: str) -> str | None:
+    candidate = name.strip("[]")
+    if ":" not in candidate and not _IPV4_CHARS.issuperset(candidate):
+        return None  # what a host name looks like: not worth an ipaddress parse
     try:
-        return str(ipaddress.ip_address(name.strip("[]")))
+        return str(ipaddress.ip_address(candidate))
     except ValueError:
         return None
 
@@ -241,10 +242,12 @@ def sni_covered(sni: str, sans: Iterable[str]) -> bool:
     ``example.com`` nor ``a.b.example.com``). A wildcard SNI is covered only by the same
     wildcard SAN. The catch-all SNI ``*`` names no host, so any certificate covers it.
     """
-    host = normalize_host(sni)
+    return _covered(normalize_host(sni), {normalize_host(s) for s in sans})
+
+
+def _covered(host: str, names: set[str]) -> bool:
     if host == "*":
         return True
-    names = {normalize_host(s) for s in sans}
     if host in names:
         return True
     ip = _ip(host)
@@ -258,8 +261,8 @@ def sni_covered(sni: str, sans: Iterable[str]) -> bool:
 
 def uncovered_snis(snis: Iterable[str], sans: Iterable[str]) -> tuple[str, ...]:
     """The SNIs (in order) that a certificate with ``sans`` does not serve."""
-    san_list = tuple(sans)
-    return tuple(s for s in snis if not sni_covered(s, san_list))
+    names = {normalize_host(s) for s in sans}
+    return tuple(s for s in snis if not _covered(normalize_host(s), names))
 
 
 # -- keys and CSRs ---------------------------------------------------------------------

@@ -22,9 +22,8 @@ from renewer.secrets import Secret
 from tests.ari_server import AriFront
 from tests.daemonproc import AcmeTap, DaemonProcess, Gate, daemon_config, pebble_front
 from tests.emulator.admin import Reply
-from tests.emulator.fixture import EmulatorFactory
 from tests.fixtures.net import free_port, wait_until
-from tests.fixtures.pebble import PebbleFactory
+from tests.fixtures.stack import StackFactory
 from tests.stack import Stack
 
 SSL_ID = "site"
@@ -57,18 +56,8 @@ class Crash:
 
 
 @pytest.fixture
-def crash(
-    emulator_factory: EmulatorFactory,
-    pebble_factory: PebbleFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Crash]:
-    emulator = emulator_factory()
-    stack = Stack(
-        emulator=emulator, pebble=pebble_factory(http_port=emulator.http_port), workdir=tmp_path
-    )
-    for name, value in stack.env.items():
-        monkeypatch.setenv(name, value)
+def crash(stack_factory: StackFactory) -> Iterator[Crash]:
+    stack = stack_factory()
     with pebble_front(stack) as front:
         port = free_port()
         config = daemon_config(stack, port, directory_url=front.directory_url, extra=FAST_LEASES)

@@ -19,9 +19,8 @@ from renewer import pki
 from renewer.model import CertFacts
 from renewer.policy import SHORT_LIVED_RENEW_DIVISOR
 from tests.daemonproc import DaemonProcess, daemon_config, daemon_process
-from tests.emulator.fixture import EmulatorFactory
 from tests.fixtures.net import free_port, wait_until
-from tests.fixtures.pebble import PebbleFactory
+from tests.fixtures.stack import StackFactory
 from tests.stack import Stack
 
 CYCLES = 3
@@ -54,18 +53,8 @@ class WriteLog:
 
 
 @pytest.fixture
-def short_lived(
-    emulator_factory: EmulatorFactory,
-    pebble_factory: PebbleFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Stack:
-    emulator = emulator_factory()
-    pebble = pebble_factory(http_port=emulator.http_port, validity_s=60)
-    stack = Stack(emulator=emulator, pebble=pebble, workdir=tmp_path)
-    for name, value in stack.env.items():
-        monkeypatch.setenv(name, value)
-    return stack
+def short_lived(stack_factory: StackFactory) -> Stack:
+    return stack_factory(validity_s=60)
 
 
 def test_short_lived_certificates_renewed_repeatedly_at_policy_times(short_lived: Stack) -> None:

@@ -33,11 +33,11 @@ from renewer.cli import main
 from renewer.secrets import Secret
 from tests.ari_server import AriFront, CannedProblem
 from tests.emulator.admin import Reply, Request, encode_json
-from tests.emulator.fixture import EmulatorFactory
 from tests.emulator.server import Emulator
 from tests.fixtures.bind import BindServer
 from tests.fixtures.net import free_port, wait_until
-from tests.fixtures.pebble import DEFAULT_ENV, PebbleFactory
+from tests.fixtures.pebble import DEFAULT_ENV
+from tests.fixtures.stack import StackFactory
 from tests.stack import Stack
 
 VICTIM = "victim"
@@ -512,17 +512,8 @@ def wait_for_directory(stack: Stack) -> None:
     wait_until(up, timeout=20, what="restarted pebble")
 
 
-def test_bad_nonce_storm_is_survived(
-    emulator_factory: EmulatorFactory,
-    pebble_factory: PebbleFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    emulator = emulator_factory()
-    pebble = pebble_factory(http_port=emulator.http_port, env={"PEBBLE_WFE_NONCEREJECT": "50"})
-    stack = Stack(emulator=emulator, pebble=pebble, workdir=tmp_path)
-    for key, value in stack.env.items():
-        monkeypatch.setenv(key, value)
+def test_bad_nonce_storm_is_survived(stack_factory: StackFactory) -> None:
+    stack = stack_factory(env={"PEBBLE_WFE_NONCEREJECT": "50"})
     before = {i: stack.seed_managed(i, [f"{i}.example.test"]) for i in ("n1", "n2", "n3")}
 
     run = cli(stack.write_config(FAST), "renew", "--all-due")
@@ -567,17 +558,9 @@ provider = "stale-key"
 
 
 def test_dns_propagation_timeout_and_provider_error(
-    emulator_factory: EmulatorFactory,
-    pebble_factory: PebbleFactory,
-    bind: BindServer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    stack_factory: StackFactory, bind: BindServer
 ) -> None:
-    emulator = emulator_factory()
-    pebble = pebble_factory(http_port=emulator.http_port, dns_server=bind.server)
-    stack = Stack(emulator=emulator, pebble=pebble, workdir=tmp_path)
-    for key, value in stack.env.items():
-        monkeypatch.setenv(key, value)
+    stack = stack_factory(dns_server=bind.server)
     tag = uuid.uuid4().hex[:8]
     names = {
         "lame": f"l{tag}.lame.test",  # a second nameserver that never answers

@@ -28,10 +28,9 @@ from renewer.config import load_config
 from renewer.errors import ConfigError
 from renewer.secrets import Secret
 from tests.acmedns_server import JsonHandler, serve_http
-from tests.emulator.fixture import EmulatorFactory
 from tests.fixtures.bind import BindServer
 from tests.fixtures.net import free_port, wait_until
-from tests.fixtures.pebble import PebbleFactory
+from tests.fixtures.stack import StackFactory
 from tests.stack import Stack
 from tests.test_dns01 import host
 from tests.test_dns_providers import write_program
@@ -154,17 +153,13 @@ tsig_secret = "$env://TSIG_SECRET"
 
 @pytest.fixture
 def dns_stack(
-    emulator_factory: EmulatorFactory,
-    pebble_factory: PebbleFactory,
+    stack_factory: StackFactory,
     bind: BindServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> DnsStack:
-    emulator = emulator_factory()
-    pebble = pebble_factory(http_port=emulator.http_port, dns_server=bind.server)
-    stack = Stack(emulator=emulator, pebble=pebble, workdir=tmp_path)
-    for name, value in {**stack.env, "TSIG_SECRET": bind.key_secret}.items():
-        monkeypatch.setenv(name, value)
+    stack = stack_factory(dns_server=bind.server)
+    monkeypatch.setenv("TSIG_SECRET", bind.key_secret)
     hook_dir = tmp_path / "hook"
     hook_dir.mkdir()
     script = HOOK.replace("@KEY_FILE@", str(bind.key_file)).replace("@PORT@", str(bind.port))
