@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from renewer import pki
 from renewer.errors import PemError
@@ -23,8 +23,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
 
-@dataclass(frozen=True)
-class _Pair:
+class _Pair(NamedTuple):
     """One ``cert``/``key`` (or ``certs[i]``/``keys[i]``) slot as stored."""
 
     cert_field: str

@@ -66,6 +66,7 @@ def _pem_blocks(text: str) -> list[tuple[str, str]]:
     """``(label, base64 body)`` of every PEM block, read line by line (linear time)."""
     blocks: list[tuple[str, str]] = []
     label: str | None = None
+    end_line = ""
     body: list[str] = []
     for raw_line in text.splitlines():
         line = raw_line.strip()
@@ -74,14 +75,15 @@ def _pem_blocks(text: str) -> list[tuple[str, str]]:
                 label = line[len("-----BEGIN ") : -len("-----")]
                 if not label or len(label) > _MAX_LABEL or "-----" in label:
                     raise PemError("malformed BEGIN line")
+                end_line = f"-----END {label}-----"
                 body = []
-        elif line == f"-----END {label}-----":
+        elif not line.startswith("-----"):
+            body.append(line)
+        elif line == end_line:
             blocks.append((label, "".join(body)))
             label = None
-        elif line.startswith("-----"):
-            raise PemError(f"BEGIN {label} without matching END")
         else:
-            body.append(line)
+            raise PemError(f"BEGIN {label} without matching END")
     if label is not None:
         raise PemError(f"BEGIN {label} without matching END")
     return blocks
