@@ -595,7 +595,7 @@ def run_daemon(config_path: str | None) -> int:
 __all__ = [
     "Components",
     "PlanRow",
-    "Reason",
+    "check_providers",
     "plan_command",
     "renew_command",
     "rollback_command",
