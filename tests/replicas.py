@@ -162,22 +162,13 @@ listen = "127.0.0.1:{port}"
 
     def leases(self, kind: str) -> dict[str, tuple[int, int]]:
         """Each held lease of ``kind`` (``renew`` or ``leader``): name → (pid, token)."""
-        start = f"{self.prefix}leases/{kind}/".encode()
-        end = start[:-1] + bytes([start[-1] + 1])
-        with self.etcd.client() as client:
-            reply = client.post(
-                "/v3/kv/range",
-                json={
-                    "key": base64.b64encode(start).decode(),
-                    "range_end": base64.b64encode(end).decode(),
-                },
-            ).json()
+        start = f"{self.prefix}leases/{kind}/"
         return {
             base64.b64decode(kv["key"]).decode()[len(start) :]: (
                 int(base64.b64decode(kv["value"]).decode().split(":")[1]),
                 int(kv["create_revision"]),
             )
-            for kv in reply.get("kvs", [])
+            for kv in self.etcd.raw_range(start)
         }
 
     def close(self) -> None:

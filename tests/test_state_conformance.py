@@ -56,21 +56,11 @@ def _sqlite_backend(tmp_path_factory: pytest.TempPathFactory) -> Backend:
 
 def _etcd_backend(server: EtcdServer) -> Backend:
     prefix = f"/conformance/{uuid.uuid4().hex}/"
-    start = prefix.encode()
-    end = start[:-1] + b"0"  # "/" + 1
 
     def raw_bytes() -> bytes:
-        with server.client() as client:
-            reply = client.post(
-                "/v3/kv/range",
-                json={
-                    "key": base64.b64encode(start).decode(),
-                    "range_end": base64.b64encode(end).decode(),
-                },
-            ).json()
         return b"".join(
             base64.b64decode(kv["key"]) + base64.b64decode(kv.get("value", ""))
-            for kv in reply.get("kvs", [])
+            for kv in server.raw_range(prefix)
         )
 
     return Backend("etcd", lambda: EtcdStore([server.url], prefix=prefix, timeout=5), raw_bytes)
