@@ -548,11 +548,9 @@ def plan_command(config_path: str | None, output: str, out: TextIO) -> int:
                     "selected": rfc3339(window.selected) if window.selected else None,
                     "explanation_url": window.explanation_url,
                 }
-            history = load_history(docs, row.item.ssl_id)
-            entry["consecutive_failures"] = history.consecutive_failures
-            entry["blocked_until"] = (
-                rfc3339(history.blocked_until) if history.blocked_until else None
-            )
+            blocked_until = row.history.blocked_until
+            entry["consecutive_failures"] = row.history.consecutive_failures
+            entry["blocked_until"] = rfc3339(blocked_until) if blocked_until else None
             data.append(entry)
     finally:
         components.close()
