@@ -1,10 +1,12 @@
 """Scan at scale: ``renewer scan --output json`` beside the floor (``bench.floor_scan``).
 
-For every size, the Admin API emulator serves that many SSL objects from ``tests.seed``'s
-mixed corpus (EC and RSA, leaf-only and full chains, dual pairs, broken ones); both
-programs run as whole processes, one after the other, against the same server.
+For every certificate profile and size, the Admin API emulator serves that many SSL
+objects from ``tests.seed``'s mixed corpus (EC and RSA, leaf-only and full chains, dual
+pairs, broken ones); both programs run as whole processes, one after the other, against
+the same server.
 
-``python -m bench.scan_scale [--sizes 1000,10000,100000] [--runs 3] [--smoke]``
+``python -m bench.scan_scale [--sizes 1000,10000,100000] [--runs 3] [--profiles public,minimal]
+[--smoke]``
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tests.emulator.store import Entry
 from tests.seed import SeedObject, iter_corpus
 
 SMOKE_SIZES = (200,)
+PROFILES = {"public": True, "minimal": False}  # TestCA(public_profile=...)
 FULL_SIZES = (1_000, 10_000, 100_000)
 
 
@@ -139,19 +142,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", help="comma-separated object counts")
     parser.add_argument("--runs", type=int, default=3, help="runs per size (median reported)")
     parser.add_argument("--smoke", action="store_true", help=f"sizes {SMOKE_SIZES}, one run")
+    parser.add_argument(
+        "--profiles",
+        default=",".join(PROFILES),
+        help="comma-separated certificate profiles: public (the extensions a public CA "
+        "puts in a leaf, as on a production gateway), minimal (SANs only)",
+    )
     args = parser.parse_args(argv)
     sizes: tuple[int, ...] = SMOKE_SIZES if args.smoke else FULL_SIZES
     if args.sizes:
         sizes = tuple(int(size) for size in args.sizes.split(","))
     runs = 1 if args.smoke else args.runs
-    progress(f"building a corpus of {max(sizes)} objects")
-    corpus = list(iter_corpus(max(sizes), TestCA(), now=datetime.now(UTC)))
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
-        for size in sizes:
-            workdir = Path(tmp) / str(size)
-            workdir.mkdir()
-            results.append(bench_size(corpus[:size], runs, workdir))
+        for profile in args.profiles.split(","):
+            progress(f"building a corpus of {max(sizes)} objects, {profile} certificates")
+            ca = TestCA(public_profile=PROFILES[profile])
+            corpus = list(iter_corpus(max(sizes), ca, now=datetime.now(UTC)))
+            for size in sizes:
+                workdir = Path(tmp) / f"{profile}-{size}"
+                workdir.mkdir()
+                results.append({"profile": profile, **bench_size(corpus[:size], runs, workdir)})
     emit("scan_scale", {"smoke": args.smoke, "runs": runs, "sizes": results})
     return 0
 

@@ -1,7 +1,9 @@
 """The composition root: the only module that knows every concrete adapter.
 
 ``Components`` wires one gateway, one state store, one ACME account and the challenge
-solvers from a ``Settings``; the command functions below are what the CLI calls.
+solvers from a ``Settings``; the command functions below are what the CLI calls. The ACME
+stack, the solvers, the DNS providers and the state backends are imported where they are
+first built, so ``renewer scan`` starts without loading them.
 """
 
 from __future__ import annotations
@@ -17,19 +19,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
 from renewer import pki
-from renewer.acme.client import AcmeService
 from renewer.budget import BudgetLimits, BudgetPlanner, Candidate, Issued, RateLimit, Slot
 from renewer.clock import SystemClock
 from renewer.config import Http01Mode, Settings, StateBackend, load_config, rule_for
 from renewer.errors import ConflictError, ExitCode
 from renewer.events import AriUpdated, EventBus, EventSink
 from renewer.gateway.apisix import ApisixGateway
-from renewer.inventory import item_to_json, not_renewable, render_table, rfc3339, scan
-from renewer.issuance import IssuanceSettings, Issuer, Outcome, Result
+from renewer.inventory import (
+    datetimes,
+    item_to_json,
+    json_text,
+    not_renewable,
+    render_table,
+    rfc3339,
+    scan,
+)
 from renewer.log import LogSink, configure_logging
 from renewer.model import Decision, History, InventoryItem, Reason, SslObject
 from renewer.policy import PolicySettings, ari_retry_after, decide, merge_window, usable_window
@@ -39,20 +47,13 @@ from renewer.ports import (
     Clock,
     StateStore,
 )
-from renewer.solvers import providers
-from renewer.solvers.dns01 import Dns01Solver
-from renewer.solvers.http01 import (
-    GatewayRouteSolver,
-    StandaloneSolver,
-    challenge_route_id,
-    delete_leftover_routes,
-)
-from renewer.solvers.propagation import PropagationSettings
-from renewer.state.crypto import Cipher
 from renewer.state.docs import DocStore
-from renewer.state.etcd import EtcdStore
 from renewer.state.history import load_ari, load_history, save_ari
-from renewer.state.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from renewer.acme.client import AcmeService
+    from renewer.issuance import Issuer, Result
+    from renewer.solvers.http01 import StandaloneSolver
 
 
 def stable_draw(*parts: str) -> float:
@@ -116,6 +117,9 @@ class Components:
 
     @cached_property
     def store(self) -> StateStore:
+        from renewer.state.etcd import EtcdStore
+        from renewer.state.sqlite import SqliteStore
+
         state = self.settings.state
         if state.backend is StateBackend.ETCD:
             etcd = state.etcd
@@ -133,10 +137,14 @@ class Components:
 
     @cached_property
     def docs(self) -> DocStore:
+        from renewer.state.crypto import Cipher
+
         return DocStore(self.store, Cipher(self.settings.state.encryption_key))
 
     @cached_property
     def ca(self) -> AcmeService:
+        from renewer.acme.client import AcmeService
+
         acme = self.settings.acme
         service = AcmeService(
             acme.directory_url,
@@ -169,6 +177,11 @@ class Components:
 
     @cached_property
     def solvers(self) -> dict[ChallengeKind, ChallengeSolver]:
+        from renewer.solvers import providers
+        from renewer.solvers.dns01 import Dns01Solver
+        from renewer.solvers.http01 import GatewayRouteSolver, StandaloneSolver
+        from renewer.solvers.propagation import PropagationSettings
+
         solvers: dict[ChallengeKind, ChallengeSolver] = {}
         http01 = self.settings.http01
         if http01.mode is Http01Mode.STANDALONE:
@@ -234,6 +247,8 @@ class Components:
 
     @cached_property
     def issuer(self) -> Issuer:
+        from renewer.issuance import IssuanceSettings, Issuer
+
         settings = self.settings
         return Issuer(
             gateway=self.gateway,
@@ -368,6 +383,8 @@ class Components:
         now, and a resumed attempt removes its own first (tasks are stored before a route
         is created, so every live route has its attempt).
         """
+        from renewer.solvers.http01 import challenge_route_id, delete_leftover_routes
+
         if self.settings.http01.mode is not Http01Mode.GATEWAY_ROUTE:
             return
         in_use = {
@@ -415,6 +432,8 @@ class Components:
 def check_providers(settings: Settings) -> None:
     """Build every configured DNS provider once, so option typos fail ``check-config``
     instead of the first renewal that needs them (building contacts nothing)."""
+    from renewer.solvers import providers
+
     for provider in settings.dns01.providers:
         providers.build(provider.type, provider.options, name=provider.name)
 
@@ -435,7 +454,8 @@ def scan_command(config_path: str | None, output: str, out: TextIO) -> int:
             # stdout empty instead of a truncated document.
             count = 0
             for count, item in enumerate(items, start=1):
-                out.write(("[" if count == 1 else ",") + "\n  " + json.dumps(item_to_json(item)))
+                line = json_text(item_to_json(item, time=datetimes))
+                out.write(("[" if count == 1 else ",") + "\n  " + line)
             out.write("\n]\n" if count else "[\n]\n")
         else:
             out.write(render_table(list(items), components.clock.now()) + "\n")
@@ -466,6 +486,8 @@ def renew_command(
     out: TextIO,
 ) -> int:
     """``renewer renew``: selected objects (or every due one), in parallel, one row each."""
+    from renewer.issuance import Outcome
+
     components = _components(config_path)
     try:
         components.delete_leftover_routes()
@@ -585,7 +607,7 @@ def _plan_detail(entry: dict[str, object]) -> str:
 
 
 def run_daemon(config_path: str | None) -> int:
-    from renewer.daemon import Daemon  # noqa: PLC0415 - the daemon's runtime only for ``run``
+    from renewer.daemon import Daemon
 
     return Daemon(config_path).run()
 

@@ -16,7 +16,6 @@ from typing import TextIO
 from renewer import __version__, app
 from renewer.config import dump_settings, load_config
 from renewer.errors import ExitCode, RenewerError
-from renewer.solvers.providers import markdown_table
 from renewer.state.crypto import generate_key
 
 EXIT_CODES_HELP = """\
@@ -128,6 +127,8 @@ def _cmd_keygen(_args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_providers(_args: argparse.Namespace, out: TextIO) -> int:
+    from renewer.solvers.providers import markdown_table
+
     out.write(markdown_table())
     return ExitCode.OK
 

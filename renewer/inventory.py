@@ -7,11 +7,13 @@ field, so the operator can fix it without reading code.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+import orjson
 
 from renewer import pki
 from renewer.errors import PemError
@@ -33,11 +35,12 @@ class _Pair(NamedTuple):
 
 
 def rfc3339(moment: datetime) -> str:
-    utc = moment.astimezone(UTC)
-    if utc.year < 1000:  # strftime leaves such years unpadded; isoformat would not
-        return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``2026-11-29T16:00:00Z``: whole seconds (as certificates carry them), in UTC."""
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
     # isoformat is several times cheaper than strftime, and a scan renders millions of these.
-    return utc.isoformat(timespec="seconds").removesuffix("+00:00") + "Z"
+    if utc.microsecond:
+        utc = utc.replace(microsecond=0)
+    return utc.isoformat()[:-6] + "Z"
 
 
 def _kind(value: object) -> str:
@@ -73,7 +76,7 @@ def _sni_names(value: Mapping[Any, Any]) -> tuple[tuple[str, ...], list[str]]:
     else:
         names = []
         problems.append("sni: not a string" if raw_sni is not None else "no SNI (snis missing)")
-    normalized = tuple(pki.normalize_host(n) for n in names)
+    normalized = tuple(map(pki.normalize_host, names))
     problems += [
         f"snis: {name} is an IP address, which TLS clients never send as SNI"
         for name in normalized
@@ -86,6 +89,8 @@ def _pairs(value: Mapping[Any, Any]) -> tuple[list[_Pair], list[str]]:
     """The stored pairs and the problems of the ``certs``/``keys`` arrays themselves."""
     problems: list[str] = []
     raw_certs, raw_keys = value.get("certs"), value.get("keys")
+    if raw_certs is None and raw_keys is None:  # one pair: nearly every object
+        return [_Pair("cert", value.get("cert"), "key", value.get("key"))], problems
     certs: list[object] = []
     if isinstance(raw_certs, list):
         certs = raw_certs
@@ -126,10 +131,10 @@ def _inspect_pair(pair: _Pair, now: datetime) -> tuple[CertFacts | None, list[st
     if not isinstance(pair.cert, str):
         return None, [f"{name}: not a string ({_kind(pair.cert)})"]
     try:
-        chain = pki.parse_chain(pair.cert)
+        chain = pki.read_stored_chain(pair.cert)
     except PemError as exc:
         return None, [f"{name}: unparsable PEM ({exc})"]
-    facts = pki.cert_facts(chain)
+    facts = chain.facts
     problems = []
     if facts.not_after <= now:
         problems.append(f"{name}: expired {rfc3339(facts.not_after)}")
@@ -137,14 +142,12 @@ def _inspect_pair(pair: _Pair, now: datetime) -> tuple[CertFacts | None, list[st
         problems.append(f"{name}: not valid before {rfc3339(facts.not_before)}")
     if not facts.sans:
         problems.append(f"{name}: no subjectAltName")
-    for index in range(1, len(chain)):
-        if chain[index - 1].issuer != chain[index].subject:
-            problems.append(
-                f"{name}: chain out of order (certificate {index + 1} "
-                f"did not issue certificate {index})"
-            )
-            break
-    key_problem = _key_problem(pair, chain[0])
+    if chain.misordered_at is not None:
+        problems.append(
+            f"{name}: chain out of order (certificate {chain.misordered_at + 1} "
+            f"did not issue certificate {chain.misordered_at})"
+        )
+    key_problem = _key_problem(pair, chain.leaf)
     if key_problem:
         problems.append(key_problem)
     return facts, problems
@@ -210,7 +213,9 @@ def inspect(obj: SslObject, managed_label: str, now: datetime) -> InventoryItem:
         managed=managed,
         certs=tuple(certs),
         problems=tuple(problems),
-        sni_not_covered=tuple(s for s in dict.fromkeys(snis) if s in not_covered),
+        sni_not_covered=tuple(s for s in dict.fromkeys(snis) if s in not_covered)
+        if not_covered
+        else (),
     )
 
 
@@ -243,29 +248,35 @@ def scan(
                 owner = claimed.setdefault(sni, item.ssl_id)
                 if owner != item.ssl_id:
                     shared.append(f"SNI {sni} is also in ssl {owner}: the gateway serves either")
-            yield obj, replace(item, problems=(*item.problems, *shared)) if shared else item
+            yield obj, item._replace(problems=(*item.problems, *shared)) if shared else item
 
 
 # -- rendering for the CLI -------------------------------------------------------------
 
 
-def _facts_to_json(facts: CertFacts) -> dict[str, object]:
+def _facts_to_json(facts: CertFacts, time: Callable[[datetime], object]) -> dict[str, object]:
     return {
         "subject": facts.subject,
         "sans": list(facts.sans),
         "issuer": facts.issuer,
         "serial": facts.serial,
-        "not_before": rfc3339(facts.not_before),
-        "not_after": rfc3339(facts.not_after),
+        "not_before": time(facts.not_before),
+        "not_after": time(facts.not_after),
         "key_type": facts.key_type,
         "fingerprint_sha256": facts.fingerprint_sha256,
         "chain_length": facts.chain_length,
     }
 
 
-def item_to_json(item: InventoryItem) -> dict[str, object]:
-    """The ``scan --json`` shape: top-level facts are those of the pair expiring first."""
-    certs = [_facts_to_json(c) for c in item.certs]
+def item_to_json(
+    item: InventoryItem, *, time: Callable[[datetime], object] = rfc3339
+) -> dict[str, object]:
+    """The ``scan --json`` shape: top-level facts are those of the pair expiring first.
+
+    ``time`` renders the dates; ``json_text`` renders datetimes itself, several times
+    faster than ``rfc3339`` and to the same text.
+    """
+    certs = [_facts_to_json(c, time) for c in item.certs]
     leaf = item.leaf
     # The leaf is one of the certs: reuse its rendered times instead of formatting again.
     shown = certs[item.certs.index(leaf)] if leaf else {}
@@ -284,6 +295,30 @@ def item_to_json(item: InventoryItem) -> dict[str, object]:
         "sni_not_covered": list(item.sni_not_covered),
         "certs": certs,
     }
+
+
+def datetimes(moment: datetime) -> datetime:
+    """``item_to_json(time=datetimes)``: dates stay datetimes (in UTC), for ``json_text``."""
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+
+
+def json_text(data: object) -> str:
+    """Compact JSON, UTC datetimes as ``rfc3339`` renders them. orjson is several times faster
+    than ``json``, which takes over only for what orjson refuses: lone surrogates, which
+    JSON can carry as ``\\udXXX`` escapes."""
+    try:
+        return orjson.dumps(data, option=_ORJSON_RFC3339).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(data, separators=(",", ":"), default=_rfc3339_or_fail)
+
+
+_ORJSON_RFC3339 = orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS
+
+
+def _rfc3339_or_fail(value: object) -> str:
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _facts_from_json(data: Mapping[str, Any]) -> CertFacts:

@@ -10,6 +10,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import hashlib
 import ipaddress
 import socket
 import ssl
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -26,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from renewer.der import issuer_string, name_string, tbs_parts
+from renewer.der import key_type as der_key_type
 from renewer.errors import ConfigError, GatewayUnreachable, PemError, VerificationError
 from renewer.model import CertFacts, CertKeyPair, KeyType
 from renewer.secrets import Secret
@@ -55,6 +58,8 @@ def _pem_text(pem: str | bytes, max_chars: int | None = MAX_PEM_CHARS) -> str:
             return pem.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PemError(f"not UTF-8 (invalid byte at offset {exc.start})") from None
+    if pem.isascii():  # constant time, and ASCII holds no lone surrogate
+        return pem
     try:
         pem.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -89,23 +94,41 @@ def _pem_blocks(text: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def _load_der_certificate(body: str, position: str) -> x509.Certificate:
-    if not body.isascii():
-        raise PemError(f"{position}: non-ASCII characters in base64 body")
-    try:
-        der = base64.b64decode(body, validate=True)
-    except binascii.Error:
-        raise PemError(f"{position}: invalid base64") from None
-    if not der:
-        raise PemError(f"{position}: empty")
+class _Parsed(NamedTuple):
+    """One certificate with what the inventory reports of it, read once."""
+
+    cert: x509.Certificate
+    der: bytes
+    serial: str
+    subject_der: bytes
+    issuer_der: bytes
+    subject: str
+    issuer: str
+    sans: tuple[str, ...]
+    spki: bytes
+
+
+def _load_der_certificate(der: bytes, position: str, *, strict: bool) -> _Parsed:
+    """``strict`` forces every lazily parsed part now, so later readers of the cert cannot
+    fail. Otherwise (a scan) only what is reported is read; the rest is the TLS stack's."""
     try:
         cert = x509.load_der_x509_certificate(der)
-        # Force the lazily parsed parts now, so later readers of the cert cannot fail.
-        _ = cert.subject, cert.issuer, cert.extensions
-        _ = cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
+        if strict:
+            _ = cert.subject, cert.issuer, cert.extensions
+        parts = tbs_parts(der)
+        return _Parsed(
+            cert,
+            der,
+            parts.serial or serial_hex(cert),
+            parts.subject,
+            parts.issuer,
+            name_string(parts.subject) or cert.subject.rfc4514_string(),
+            issuer_string(parts.issuer) or cert.issuer.rfc4514_string(),
+            subject_alt_names(cert) if parts.san_values is None else _sans(*parts.san_values),
+            parts.spki,
+        )
     except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
         raise PemError(f"{position}: invalid DER (not an X.509 certificate)") from None
-    return cert
 
 
 def parse_chain(pem: str | bytes) -> list[x509.Certificate]:
@@ -114,11 +137,81 @@ def parse_chain(pem: str | bytes) -> list[x509.Certificate]:
     Blocks other than certificates are ignored (OpenSSL skips them too) as long as at least
     one certificate is present. Larger than an APISIX field may hold is an error.
     """
-    return _parse_certificates(pem, MAX_PEM_CHARS)
+    return [parsed.cert for parsed in _parse_certificates(pem, MAX_PEM_CHARS, strict=True)]
 
 
-def _parse_certificates(pem: str | bytes, max_chars: int | None) -> list[x509.Certificate]:
-    text = _pem_text(pem, max_chars)
+class StoredChain(NamedTuple):
+    """A stored chain as the inventory reports it."""
+
+    facts: CertFacts
+    leaf: x509.Certificate
+    misordered_at: int | None  # index of the first certificate that did not issue the one before
+
+
+def read_stored_chain(pem: str | bytes) -> StoredChain:
+    """Facts of a stored chain and where it is out of order; ``PemError`` if unparsable.
+
+    A malformed extension the inventory does not report (anything but the SANs) is not an
+    error here: the gateway's TLS stack reads the certificate the same lenient way.
+    """
+    chain = _parse_certificates(pem, MAX_PEM_CHARS, strict=False)
+    misordered_at = next(
+        (
+            index
+            for index in range(1, len(chain))
+            if chain[index - 1].issuer_der != chain[index].subject_der
+            and chain[index - 1].cert.issuer != chain[index].cert.subject
+        ),
+        None,
+    )
+    return StoredChain(_facts(chain[0], len(chain)), chain[0].cert, misordered_at)
+
+
+_BEGIN = "-----BEGIN CERTIFICATE-----\n"
+_END = "-----END CERTIFICATE-----"
+
+
+def _canonical_ders(text: str) -> list[bytes] | None:
+    """The certificates of a text laid out as OpenSSL writes PEM, or None for any other
+    text. The line reader gives the same result for such a text, several times slower."""
+    first, *blocks = text.split(_END)
+    if not blocks or blocks.pop().strip("\n"):
+        return None
+    ders: list[bytes] = []
+    for index, block in enumerate([first, *blocks]):
+        body = block.lstrip("\n")
+        if not body.startswith(_BEGIN) or (index and not block.startswith("\n")):
+            return None
+        body = body[len(_BEGIN) :]
+        if "-" in body or (body and not body.endswith("\n")):
+            return None
+        der = (_canonical_ca_der if index else _canonical_der)(body.replace("\n", ""))
+        if der is None:
+            return None
+        ders.append(der)
+    return ders
+
+
+def _canonical_der(body: str) -> bytes | None:
+    try:
+        return _decode_base64(body, "certificate")
+    except PemError:
+        return None  # the line reader says what is wrong
+
+
+_canonical_ca_der = functools.lru_cache(maxsize=256)(_canonical_der)
+"""Intermediates repeat across the chains of a gateway: each is decoded once."""
+
+
+def _position(index: int, count: int) -> str:
+    return "certificate" if count == 1 else f"certificate {index} of {count}"
+
+
+def _certificate_ders(text: str) -> list[bytes]:
+    """The DER of every certificate block, or ``PemError`` saying what is wrong."""
+    canonical = _canonical_ders(text)
+    if canonical is not None:
+        return canonical
     if not text.strip():
         raise PemError("empty")
     blocks = _pem_blocks(text)
@@ -128,20 +221,38 @@ def _parse_certificates(pem: str | bytes, max_chars: int | None) -> list[x509.Ce
     if not bodies:
         found = ", ".join(sorted({label for label, _ in blocks}))
         raise PemError(f"no certificate block (found {found})")
-    if len(bodies) == 1:
-        return [_load_der_certificate(bodies[0], "certificate")]
-    count = len(bodies)
-    return [_load_der_certificate(bodies[0], f"certificate 1 of {count}")] + [
-        _load_ca_certificate(body, f"certificate {index} of {count}")
-        for index, body in enumerate(bodies[1:], start=2)
+    return [
+        _decode_base64(body, _position(index, len(bodies)))
+        for index, body in enumerate(bodies, start=1)
+    ]
+
+
+def _decode_base64(body: str, position: str) -> bytes:
+    if not body.isascii():
+        raise PemError(f"{position}: non-ASCII characters in base64 body")
+    try:
+        der = base64.b64decode(body, validate=True)
+    except binascii.Error:
+        raise PemError(f"{position}: invalid base64") from None
+    if not der:
+        raise PemError(f"{position}: empty")
+    return der
+
+
+def _parse_certificates(pem: str | bytes, max_chars: int | None, *, strict: bool) -> list[_Parsed]:
+    ders = _certificate_ders(_pem_text(pem, max_chars))
+    count = len(ders)
+    return [_load_der_certificate(ders[0], _position(1, count), strict=strict)] + [
+        _load_ca_certificate(der, _position(index, count))
+        for index, der in enumerate(ders[1:], start=2)
     ]
 
 
 @functools.lru_cache(maxsize=256)
-def _load_ca_certificate(body: str, position: str) -> x509.Certificate:
+def _load_ca_certificate(der: bytes, position: str) -> _Parsed:
     """Intermediates repeat across nearly every chain of a gateway (a few CAs sign them
     all), so each is decoded once; leaves are unique and never cached."""
-    return _load_der_certificate(body, position)
+    return _load_der_certificate(der, position, strict=True)
 
 
 # -- facts -----------------------------------------------------------------------------
@@ -153,9 +264,11 @@ def subject_alt_names(cert: x509.Certificate) -> tuple[str, ...]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return ()
-    names = [normalize_host(n) for n in san.get_values_for_type(x509.DNSName)]
-    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return tuple(names)
+    return _sans(san.get_values_for_type(x509.DNSName), san.get_values_for_type(x509.IPAddress))
+
+
+def _sans(dns: Iterable[str], ips: Iterable[object]) -> tuple[str, ...]:
+    return (*(normalize_host(name) for name in dns), *(str(ip) for ip in ips))
 
 
 def key_type_name(key: object) -> str:
@@ -179,25 +292,27 @@ def _public_key(cert: x509.Certificate) -> object | None:
 
 def cert_facts(chain: Sequence[x509.Certificate]) -> CertFacts:
     """Facts of the leaf (``chain[0]``) plus the chain length."""
-    leaf = chain[0]
-    public_key = _public_key(leaf)
+    der = chain[0].public_bytes(serialization.Encoding.DER)
+    return _facts(_load_der_certificate(der, "certificate", strict=True), len(chain))
+
+
+def _facts(leaf: _Parsed, chain_length: int) -> CertFacts:
+    cert = leaf.cert
+    key_type = der_key_type(leaf.spki)
+    if key_type is None:
+        public_key = _public_key(cert)
+        key_type = key_type_name(public_key) if public_key is not None else "UNKNOWN"
     return CertFacts(
-        subject=leaf.subject.rfc4514_string(),
-        sans=subject_alt_names(leaf),
-        issuer=_issuer_string(leaf.issuer),
-        serial=serial_hex(leaf),
-        not_before=leaf.not_valid_before_utc,
-        not_after=leaf.not_valid_after_utc,
-        key_type=key_type_name(public_key) if public_key is not None else "UNKNOWN",
-        fingerprint_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
-        chain_length=len(chain),
+        subject=leaf.subject,
+        sans=leaf.sans,
+        issuer=leaf.issuer,
+        serial=leaf.serial,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        key_type=key_type,
+        fingerprint_sha256=hashlib.sha256(leaf.der).hexdigest(),
+        chain_length=chain_length,
     )
-
-
-@functools.lru_cache(maxsize=256)
-def _issuer_string(name: x509.Name) -> str:
-    """Few distinct issuers sign a gateway's certificates: format each one once."""
-    return name.rfc4514_string()
 
 
 def serial_hex(cert: x509.Certificate) -> str:
@@ -386,7 +501,7 @@ def load_roots(roots_file: str | Path | None) -> list[str]:
     path = Path(roots_file)
     try:
         text = path.read_text(encoding="utf-8")
-        _parse_certificates(text, None)
+        _parse_certificates(text, None, strict=True)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"trust roots {path}: cannot be read ({exc})") from None
     except PemError as exc:
@@ -410,7 +525,7 @@ def _roots(roots_pem: Sequence[str]) -> list[x509.Certificate]:
     roots: list[x509.Certificate] = []
     for index, pem in enumerate(roots_pem, start=1):
         try:
-            roots += _parse_certificates(pem, None)
+            roots += [parsed.cert for parsed in _parse_certificates(pem, None, strict=True)]
         except PemError as exc:
             raise VerificationError(f"trust root {index}: {exc}") from None
     if not roots:

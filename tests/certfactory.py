@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -66,11 +66,17 @@ class Leaf:
 
 
 class TestCA:
-    """A root plus one intermediate; leaves are signed by the intermediate."""
+    """A root plus one intermediate; leaves are signed by the intermediate.
+
+    Leaves carry only the SANs unless ``public_profile``: then they carry the extensions a
+    public CA's leaf has (key usages, basic constraints, key identifiers, OCSP and issuer
+    URLs, the CA/B Forum policy), as the certificates on a production gateway do.
+    """
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, name: str = "renewer test") -> None:
+    def __init__(self, name: str = "renewer test", *, public_profile: bool = False) -> None:
+        self.public_profile = public_profile
         self.root_key = new_key("ec")
         self.root = self._ca_cert(f"{name} root", self.root_key, self.root_key, None)
         self.intermediate_key = new_key("ec")
@@ -125,12 +131,58 @@ class TestCA:
             .not_valid_before(start)
             .not_valid_after(start + lifetime)
         )
+        if self.public_profile:
+            builder = self._public_profile(builder, key)
         if with_san and names:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
             )
         cert = builder.sign(self.intermediate_key, hashes.SHA256())
         return Leaf(cert=cert, key=key, chain=(self.intermediate,))
+
+    def _public_profile(
+        self, builder: x509.CertificateBuilder, key: PrivateKey
+    ) -> x509.CertificateBuilder:
+        rsa_key = isinstance(key, rsa.RSAPrivateKey)
+        usage = x509.KeyUsage(
+            digital_signature=True,
+            content_commitment=False,
+            key_encipherment=rsa_key,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        )
+        ocsp = x509.UniformResourceIdentifier("http://ocsp.ca.test")
+        issuer_url = x509.UniformResourceIdentifier("http://ca.test/intermediate.der")
+        access = [
+            x509.AccessDescription(AuthorityInformationAccessOID.OCSP, ocsp),
+            x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, issuer_url),
+        ]
+        domain_validated = x509.PolicyInformation(x509.ObjectIdentifier("2.23.140.1.2.1"), None)
+        return (
+            builder.add_extension(usage, critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self.intermediate_key.public_key()
+                ),
+                critical=False,
+            )
+            .add_extension(x509.AuthorityInformationAccess(access), critical=False)
+            .add_extension(x509.CertificatePolicies([domain_validated]), critical=False)
+        )
 
 
 @dataclass(frozen=True)

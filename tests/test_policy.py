@@ -128,7 +128,7 @@ def test_never_renews_an_unmanaged_object(
     draw: float,
 ) -> None:
     it, now = scenario
-    decision = decide(replace(it, managed=False), ari, history, settings, now, draw)
+    decision = decide(it._replace(managed=False), ari, history, settings, now, draw)
     assert decision == Decision(Reason.NOT_MANAGED, None)
     assert not decision.due(now + timedelta(days=10_000))
 
