@@ -444,6 +444,11 @@ def _components(config_path: str | None, sinks: Sequence[EventSink] = ()) -> Com
     return Components(settings, events=EventBus([LogSink(), *sinks]))
 
 
+# Under PYTHONUNBUFFERED (the container sets it) every write to stdout is a system call:
+# one per object would be 100,000 of them for a large gateway.
+_OBJECTS_PER_WRITE = 64
+
+
 def scan_command(config_path: str | None, output: str, out: TextIO) -> int:
     """``renewer scan``: JSON streams one object at a time; the table needs them sorted."""
     components = _components(config_path)
@@ -453,10 +458,15 @@ def scan_command(config_path: str | None, output: str, out: TextIO) -> int:
             # "[" waits for the first object: a gateway that cannot be read at all leaves
             # stdout empty instead of a truncated document.
             count = 0
+            lines: list[str] = []
             for count, item in enumerate(items, start=1):
                 line = json_text(item_to_json(item, time=datetimes))
-                out.write(("[" if count == 1 else ",") + "\n  " + line)
-            out.write("\n]\n" if count else "[\n]\n")
+                lines.append(("[" if count == 1 else ",") + "\n  " + line)
+                if len(lines) == _OBJECTS_PER_WRITE:
+                    out.write("".join(lines))
+                    lines.clear()
+            lines.append("\n]\n" if count else "[\n]\n")
+            out.write("".join(lines))
         else:
             out.write(render_table(list(items), components.clock.now()) + "\n")
     finally:
