@@ -2,10 +2,11 @@
 
 A scan reads tens of thousands of certificates. cryptography turns every name, extension
 and key it is asked about into Python objects, which costs several times the parse
-itself. The few fields the inventory reports (names, SANs, the key's type) are read here
-from the bytes instead, only after cryptography accepted the certificate. Every reader
+itself. The few fields the inventory reports (names, SANs, serial, the key's type) are read
+here from the bytes instead, only after cryptography accepted the certificate. Every reader
 answers None for anything outside the common shapes, and the caller then asks
-cryptography: the result is always the one cryptography would give.
+cryptography, so the answers are cryptography's. One exception: a key is named by what its
+SubjectPublicKeyInfo declares, even where OpenSSL would refuse the key itself.
 """
 
 from __future__ import annotations
