@@ -30,7 +30,7 @@ from renewer.errors import ConflictError, ExitCode
 from renewer.events import AriUpdated, EventBus, EventSink
 from renewer.gateway.apisix import ApisixGateway
 from renewer.inventory import (
-    datetimes,
+    in_utc,
     item_to_json,
     json_text,
     not_renewable,
@@ -460,7 +460,7 @@ def scan_command(config_path: str | None, output: str, out: TextIO) -> int:
             count = 0
             lines: list[str] = []
             for count, item in enumerate(items, start=1):
-                line = json_text(item_to_json(item, time=datetimes))
+                line = json_text(item_to_json(item, time=in_utc))
                 lines.append(("[" if count == 1 else ",") + "\n  " + line)
                 if len(lines) == _OBJECTS_PER_WRITE:
                     out.write("".join(lines))

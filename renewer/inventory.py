@@ -34,9 +34,14 @@ class _Pair(NamedTuple):
     key: object  # None when the gateway does not show keys (APISIX ≥3.17)
 
 
+def in_utc(moment: datetime) -> datetime:
+    """The same moment in UTC; ``item_to_json(time=in_utc)`` keeps dates for ``json_text``."""
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+
+
 def rfc3339(moment: datetime) -> str:
     """``2026-11-29T16:00:00Z``: whole seconds (as certificates carry them), in UTC."""
-    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    utc = in_utc(moment)
     # isoformat is several times cheaper than strftime, and a scan renders millions of these.
     if utc.microsecond:
         utc = utc.replace(microsecond=0)
@@ -88,9 +93,10 @@ def _sni_names(value: Mapping[Any, Any]) -> tuple[tuple[str, ...], list[str]]:
 def _pairs(value: Mapping[Any, Any]) -> tuple[list[_Pair], list[str]]:
     """The stored pairs and the problems of the ``certs``/``keys`` arrays themselves."""
     problems: list[str] = []
+    pairs = [_Pair("cert", value.get("cert"), "key", value.get("key"))]
     raw_certs, raw_keys = value.get("certs"), value.get("keys")
     if raw_certs is None and raw_keys is None:  # one pair: nearly every object
-        return [_Pair("cert", value.get("cert"), "key", value.get("key"))], problems
+        return pairs, problems
     certs: list[object] = []
     if isinstance(raw_certs, list):
         certs = raw_certs
@@ -103,7 +109,6 @@ def _pairs(value: Mapping[Any, Any]) -> tuple[list[_Pair], list[str]]:
             problems.append(f"certs/keys: count mismatch ({len(certs)} certs, {len(keys)} keys)")
     elif raw_keys is not None:
         problems.append(f"keys: not a list ({_kind(raw_keys)})")
-    pairs = [_Pair("cert", value.get("cert"), "key", value.get("key"))]
     pairs += [
         _Pair(f"certs[{i}]", cert, f"keys[{i}]", keys[i] if keys and i < len(keys) else None)
         for i, cert in enumerate(certs)
@@ -295,11 +300,6 @@ def item_to_json(
         "sni_not_covered": list(item.sni_not_covered),
         "certs": certs,
     }
-
-
-def datetimes(moment: datetime) -> datetime:
-    """``item_to_json(time=datetimes)``: dates stay datetimes (in UTC), for ``json_text``."""
-    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
 def json_text(data: object) -> str:
