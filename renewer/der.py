@@ -117,7 +117,8 @@ _DNS_NAME, _IP_ADDRESS = 0x82, 0x87  # [2] IA5String, [7] OCTET STRING
 def _san_values(der: bytes, start: int, end: int) -> SanValues | None:
     """The SANs in the extension list ``der[start:end]``; None for a SAN extension holding
     other kinds of names, or appearing twice (cryptography refuses that)."""
-    sans = [(at, end) for at, end in _children(der, start, end) if der.startswith(_SAN, at)]
+    extensions = _children(der, start, end)
+    sans = [(content, stop) for content, stop in extensions if der.startswith(_SAN, content)]
     if not sans:
         return SanValues([], [])
     if len(sans) > 1:

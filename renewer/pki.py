@@ -210,8 +210,11 @@ def _position(index: int, count: int) -> str:
 def _certificate_ders(text: str) -> list[bytes]:
     """The DER of every certificate block, or ``PemError`` saying what is wrong."""
     canonical = _canonical_ders(text)
-    if canonical is not None:
-        return canonical
+    return canonical if canonical is not None else _line_reader_ders(text)
+
+
+def _line_reader_ders(text: str) -> list[bytes]:
+    """``_certificate_ders`` for any text, line by line, explaining what is wrong."""
     if not text.strip():
         raise PemError("empty")
     blocks = _pem_blocks(text)

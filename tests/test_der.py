@@ -235,9 +235,7 @@ def pem_texts(draw: st.DrawFn) -> str:
 def line_reader(text: str) -> list[bytes] | str:
     """The general reader alone: the DERs, or the error message."""
     try:
-        blocks = pki._pem_blocks(text)
-        bodies = [body for label, body in blocks if label in ("CERTIFICATE", "X509 CERTIFICATE")]
-        return [pki._decode_base64(body, "") for body in bodies] or "none"
+        return pki._line_reader_ders(text)
     except PemError as exc:
         return str(exc)
 
